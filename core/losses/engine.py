@@ -1,0 +1,280 @@
+r"""One engine behind the InfoNCE family.
+
+Every loss in this package is the same computation with different settings (see DESIGN.md):
+
+* a **similarity** ``s_ij`` between anchor ``a_i`` and candidate ``c_j`` (cosine or dot product),
+  multiplied by a scale ``1/tau``;
+* a **pair structure** computed per block from ids and labels, never stored as a dense B x N mask:
+  positives by matching id (InfoNCE, NT-Xent), by equal label (SupCon), by a label window (ConR),
+  or by a user weight matrix (CWCL); excluded pairs (the anchor itself; positives under ``decoupled``;
+  ConR's "neither positive nor negative" pairs); optional log-weights on denominator terms (ConR's
+  pushing weights);
+* a **row reduction** into statistics: the log-sum-exp of the denominator ``D_i``, the positive part
+  ``P_i`` (sum of positive logits, or their log-sum-exp), and counts.
+
+Writing the loss as ``loss_i = f(D_i, P_i, counts)`` lets :func:`core.negatives.pair_reduce` run it dense,
+tiled (recomputed in backward), or over candidates gathered from every rank, with no change to the loss.
+
+Logit with margin (positives only), ``m`` the margin and ``s`` the cosine:
+
+* additive (NT-Xent-AM, CosFace-style): ``(s - m) / tau``;
+* angular (AAM, ArcFace-style): ``cos(theta + m) / tau`` with ``theta = arccos s``, and the usual fallback
+  ``s - m sin(pi - m)`` when ``s <= cos(pi - m)`` (i.e. ``theta + m > pi``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.negatives.execution import Block, pair_reduce, safe_logsumexp
+
+__all__ = ["ContrastSpec", "contrast_block", "run_contrast", "prepare", "to_scale"]
+
+
+@dataclass(frozen=True)
+class ContrastSpec:
+    """Settings of one InfoNCE-family loss.
+
+    Attributes:
+        positive: ``"index"`` (row meta ``pos_id``), ``"label"`` (equal ``label``), ``"window"``
+            (``|y_i - y_j| <= window``), or ``"pair_weights"`` (row meta ``pair_weights`` (B, N)).
+        exclude_self: drop the pair (i, ``self_id[i]``) everywhere (SimCLR's 2N formulation).
+        decoupled: drop positives from the denominator (DCL).
+        margin / margin_type: positive-only margin, ``"additive"`` or ``"angular"``.
+        pos_stat: ``"sum"`` (sum of positive logits; mean over positives in the loss) or ``"lse"``
+            (log-sum-exp of positive logits, SupCon "in").
+        negatives_rule: ``"all"`` (every non-excluded candidate) or ``"conr"`` (positives plus pairs with
+            distant labels but close predictions, ConR).
+        window: label window (ConR).
+        push: ``None``, ``"exp"`` or ``"linear"`` pushing weight on ConR negatives.
+        push_scale: ``e`` in ``w_j exp(e |y_j - y_q|)`` or ``w_j e |y_j - y_q|``.
+        count_non_positive: also count columns that are not positives (reproduces ConR's public code,
+            which adds ``exp(0) = 1`` per such column to the denominator).
+        column_stats: also reduce the denominator over rows (fused symmetric loss, square case only).
+    """
+
+    positive: str = "index"
+    exclude_self: bool = False
+    decoupled: bool = False
+    margin: float = 0.0
+    margin_type: str = "additive"
+    pos_stat: str = "sum"
+    negatives_rule: str = "all"
+    window: float = 0.0
+    push: str | None = None
+    push_scale: float = 0.0
+    count_non_positive: bool = False
+    column_stats: bool = False
+
+    @property
+    def row_kinds(self) -> tuple[str, ...]:
+        # den_lse, pos, n_pos, n_neg, n_non_positive
+        return ("lse", "lse" if self.pos_stat == "lse" else "sum", "count", "count", "count")
+
+    @property
+    def col_kinds(self) -> tuple[str, ...]:
+        return ("lse",) if self.column_stats else ()
+
+
+def to_scale(temperature: float | Tensor, like: Tensor) -> Tensor:
+    """``1 / temperature`` as a 0-d tensor (keeps the graph if the temperature is learnable)."""
+    if isinstance(temperature, Tensor):
+        return (1.0 / temperature.reshape(())).to(like.dtype)
+    return torch.tensor(1.0 / float(temperature), dtype=like.dtype, device=like.device)
+
+
+def prepare(x: Tensor, similarity: str) -> Tensor:
+    """L2-normalise for cosine similarity; leave as is for dot product."""
+    if similarity == "cosine":
+        return F.normalize(x, dim=-1)
+    if similarity == "dot":
+        return x
+    raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+
+
+def _margin_logits(sim: Tensor, scale: Tensor, spec: ContrastSpec) -> Tensor:
+    """Positive logit with margin, elementwise on the similarity."""
+    m = spec.margin
+    if spec.margin_type == "additive":
+        return (sim - m) * scale
+    # cos(theta + m) = s cos m - sqrt(1 - s^2) sin m; fallback below cos(pi - m) (ArcFace "easy margin" off)
+    sin_t = torch.sqrt((1.0 - sim * sim).clamp_min(1e-12))
+    phi = sim * math.cos(m) - sin_t * math.sin(m)
+    phi = torch.where(sim > math.cos(math.pi - m), phi, sim - m * math.sin(math.pi - m))
+    return phi * scale
+
+
+def _label_distance(yr: Tensor, yc: Tensor) -> Tensor:
+    if yr.dim() == 1:
+        return (yr[:, None] - yc[None, :]).abs()
+    return torch.cdist(yr.to(torch.float64), yc.to(torch.float64)).to(yr.dtype)
+
+
+def _index_fill(x: Tensor, rows: Tensor, local_cols: Tensor, values: Tensor | float) -> Tensor:
+    """Out-of-place ``x[rows[k], local_cols[k]] = values`` for the columns that fall in this block."""
+    inside = (local_cols >= 0) & (local_cols < x.shape[1])
+    if not isinstance(values, Tensor):
+        values = torch.tensor(values, dtype=x.dtype, device=x.device)
+    else:
+        values = values[inside]
+    return x.index_put((rows[inside], local_cols[inside]), values)
+
+
+def contrast_block(spec: ContrastSpec, a: Tensor, c: Tensor, params: Sequence[Tensor], blk: Block):
+    """Statistics of one (anchors x candidates) block; see :class:`ContrastSpec`.
+
+    Returns ``([D, P, n_pos, n_neg, n_non_positive], [column D])`` where ``D`` is the log-sum-exp of the
+    denominator terms and ``P`` the positive statistic.
+    """
+    scale = params[0]
+    # Scale the (B x D) anchors rather than the (B x N) logits: one pass over the big matrix fewer.
+    logits = (a * scale) @ c.T
+    T, C = logits.shape
+    dt = logits.dtype
+    rows_t = torch.arange(T, device=logits.device)
+    c0 = blk.col_ids[0]
+    neg_inf = float("-inf")
+    # A dense block has no empty row (callers validate that), so the fused logsumexp is safe there.
+    den_lse_fn = torch.logsumexp if (blk.full and spec.negatives_rule == "all") else safe_logsumexp
+    zeros = torch.zeros(T, dtype=dt, device=logits.device)
+    n_neg = n_nonpos = zeros
+
+    if spec.positive == "index":
+        # One positive per row, found by id: O(T) work, no mask.
+        li = blk.row["pos_id"] - c0
+        inside = (li >= 0) & (li < C)
+        li_c = li.clamp(0, C - 1)
+        # Positive similarity from the (T x D) rows directly: no gradient through a T x C gather.
+        pos_sim = (a * c[li_c]).sum(1)
+        pos_logit = _margin_logits(pos_sim, scale, spec) if spec.margin != 0.0 else pos_sim * scale
+        pos_val = torch.where(inside, pos_logit, torch.zeros_like(pos_logit))
+        n_pos = inside.to(dt)
+        den = logits
+        if spec.decoupled:
+            den = _index_fill(den, rows_t, li, neg_inf)
+        elif spec.margin != 0.0:
+            den = _index_fill(den, rows_t, li, pos_logit)
+        if spec.exclude_self:
+            den = _index_fill(den, rows_t, blk.row["self_id"] - c0, neg_inf)
+        if spec.negatives_rule != "all":
+            raise ValueError("index positives support only negatives_rule='all'")
+    else:
+        pos_mask: Tensor | None = None
+        pos_w: Tensor | None = None
+        if spec.positive == "label":
+            pos_mask = blk.row["label"][:, None] == blk.col["label"][None, :]
+        elif spec.positive == "window":
+            dist = _label_distance(blk.row["label"], blk.col["label"])
+            pos_mask = dist <= spec.window
+        elif spec.positive == "pair_weights":
+            pos_w = blk.row["pair_weights"][:, blk.cols].to(dt)
+        else:
+            raise ValueError(f"unknown positive rule {spec.positive!r}")
+        self_mask = blk.row["self_id"][:, None] == blk.col_ids[None, :] if spec.exclude_self else None
+        if pos_mask is not None and self_mask is not None:
+            pos_mask = pos_mask & ~self_mask
+        if spec.margin != 0.0:
+            if pos_mask is None:
+                raise ValueError("margins need hard positives (index or label), not pair weights")
+            logits = torch.where(pos_mask, _margin_logits(a @ c.T, scale, spec), logits)
+        if pos_w is not None:
+            n_pos = pos_w.sum(1)
+            pos_val = (pos_w * logits).sum(1)
+        else:
+            n_pos = pos_mask.sum(1).to(dt)
+            if spec.pos_stat == "lse":
+                pos_val = safe_logsumexp(logits.masked_fill(~pos_mask, neg_inf), 1)
+            else:
+                pos_val = torch.where(pos_mask, logits, torch.zeros_like(logits)).sum(1)
+
+        den = logits
+        if spec.negatives_rule == "conr":
+            pdist = _label_distance(blk.row["pred"], blk.col["pred"])
+            neg_mask = (dist > spec.window) & (pdist <= spec.window)
+            if self_mask is not None:
+                neg_mask = neg_mask & ~self_mask
+            n_neg = neg_mask.sum(1).to(dt)
+            if spec.push is not None:
+                w = blk.row["weight"].to(dt)[:, None]
+                d = dist.to(dt)
+                if spec.push == "exp":
+                    logw = torch.log(w) + spec.push_scale * d
+                else:
+                    logw = torch.log(w * spec.push_scale * d)
+                den = torch.where(neg_mask, den + logw, den)
+            den = den.masked_fill(~(pos_mask | neg_mask), neg_inf)
+            if spec.count_non_positive:
+                n_nonpos = (~pos_mask).sum(1).to(dt)
+        elif spec.negatives_rule == "all":
+            if self_mask is not None:
+                den = den.masked_fill(self_mask, neg_inf)
+            if spec.decoupled:
+                if pos_mask is None:
+                    raise ValueError("decoupled needs hard positives (index or label)")
+                den = den.masked_fill(pos_mask, neg_inf)
+        else:
+            raise ValueError(f"unknown negatives rule {spec.negatives_rule!r}")
+
+    row_stats = [den_lse_fn(den, 1), pos_val, n_pos, n_neg, n_nonpos]
+    col_stats = [den_lse_fn(den, 0)] if spec.column_stats else []
+    return row_stats, col_stats
+
+
+def run_contrast(
+    spec: ContrastSpec,
+    anchors: Tensor,
+    candidates: Tensor,
+    scale: Tensor,
+    *,
+    row_meta: Mapping[str, Tensor] | None = None,
+    col_meta: Mapping[str, Tensor] | None = None,
+    tile_size=None,
+    gather: bool | str = False,
+    extra_candidates: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the engine: returns (row_stats (B, 5), col_stats (N, k)).
+
+    ``pos_id`` / ``self_id`` in ``row_meta`` index the *local* candidates; with ``gather`` they are
+    shifted to this rank's slot of the gathered set. ``extra_candidates`` (a queue) are appended after
+    the (gathered) candidates; they are never positives and carry no label metadata (so they only work
+    with index positives).
+    """
+    row_meta = dict(row_meta or {})
+    col_meta = dict(col_meta or {})
+    offset = 0
+    if gather:
+        from core.negatives.distributed import gather_candidates, ring_pair_reduce
+
+        if gather == "ring":
+            if extra_candidates is not None:
+                raise ValueError("gather='ring' does not support extra negatives; use gather=True")
+            return ring_pair_reduce(
+                anchors, candidates, lambda a, c, p, b: contrast_block(spec, a, c, p, b),
+                row_kinds=spec.row_kinds, col_kinds=(), params=(scale,), row_meta=row_meta,
+                col_meta=col_meta, tile_size=tile_size, id_keys=("pos_id", "self_id"),
+            )
+        if gather is not True:
+            raise ValueError(f"gather must be False, True or 'ring', got {gather!r}")
+        candidates, col_meta, offset = gather_candidates(candidates, col_meta)
+        for key in ("pos_id", "self_id"):
+            if key in row_meta:
+                row_meta[key] = row_meta[key] + offset
+    if extra_candidates is not None:
+        if spec.positive != "index":
+            raise ValueError("extra negatives are only supported with index positives (info_nce)")
+        candidates = torch.cat([candidates, extra_candidates.to(candidates.dtype)], 0)
+        if col_meta:
+            raise ValueError("extra negatives cannot be combined with per-candidate labels")
+    if spec.column_stats and gather:
+        raise ValueError("fused column statistics are single-process only")
+    return pair_reduce(
+        anchors, candidates, lambda a, c, p, b: contrast_block(spec, a, c, p, b),
+        row_kinds=spec.row_kinds, col_kinds=spec.col_kinds, params=(scale,),
+        row_meta=row_meta, col_meta=col_meta, tile_size=tile_size,
+    )

@@ -1,0 +1,157 @@
+r"""InfoNCE / CLIP loss with decoupled and margin variants.
+
+For query :math:`q_i`, its key :math:`k_i` (the positive) and candidates :math:`k_j` (the other keys
+plus optional extra negatives :math:`n_l`, e.g. a MoCo queue), with :math:`s` the cosine (or dot)
+similarity and :math:`\tau` the temperature:
+
+.. math::
+    \ell_i = -\log \frac{e^{\phi(s_{ii})/\tau}}{e^{\phi(s_{ii})/\tau}\,[\text{not decoupled}]
+        + \sum_{j \ne i} e^{s_{ij}/\tau} + \sum_l e^{s(q_i, n_l)/\tau}}
+
+where :math:`\phi(s)=s` without margin, :math:`s-m` for the additive margin (NT-Xent-AM, Lepage &
+Dehak 2023) and :math:`\cos(\arccos s + m)` for the angular margin (AAM, ArcFace-style).
+
+References:
+    van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018 (InfoNCE).
+    Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", 2021
+    (symmetric CLIP loss). Yeh et al., "Decoupled Contrastive Learning", ECCV 2022 (DCL).
+    Lepage & Dehak, "Experimenting with Additive Margins for Contrastive Self-Supervised Speaker
+    Verification", Interspeech 2023.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from core.losses._checks import (
+    check_choice,
+    check_embeddings,
+    check_pair,
+    check_positive,
+    check_reduction,
+    reduce,
+)
+from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+
+__all__ = ["info_nce", "InfoNCE", "check_margin", "world_size"]
+
+
+def world_size() -> int:
+    """Number of ranks of the default process group (1 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def check_margin(margin: float, margin_type: str) -> None:
+    check_choice("margin_type", margin_type, ("additive", "angular"))
+    if not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")
+    if margin_type == "angular" and margin >= math.pi:
+        raise ValueError(f"angular margin must be < pi, got {margin}")
+
+
+def info_nce(
+    query: Tensor,
+    key: Tensor,
+    *,
+    temperature: float | Tensor = 0.1,
+    symmetric: bool = False,
+    decoupled: bool = False,
+    margin: float = 0.0,
+    margin_type: str = "additive",
+    similarity: str = "cosine",
+    negatives: Tensor | None = None,
+    reduction: str = "mean",
+    tile_size: int | str | tuple[int, int] | None = None,
+    gather: bool | str = False,
+) -> Tensor:
+    """InfoNCE of ``query[i]`` against ``key[i]`` (positive) and every other key (+ ``negatives``).
+
+    Args:
+        query: (B, D) anchors, unnormalised.
+        key: (B, D) positives; the other rows are negatives.
+        temperature: > 0; a tensor keeps the graph (learnable temperature).
+        symmetric: average the query->key and key->query directions (CLIP). Extra ``negatives`` only
+            enter the query->key direction.
+        decoupled: drop the positive from the denominator (DCL).
+        margin / margin_type: positive-only margin, ``"additive"`` (cos - m) or ``"angular"`` (cos(theta + m)).
+        similarity: ``"cosine"`` (normalise inside) or ``"dot"``.
+        negatives: (K, D) extra negatives (e.g. a queue); no gradient flows into a detached queue.
+        reduction: ``"mean"`` over anchors, ``"sum"`` or ``"none"`` (per anchor, (B,)).
+        tile_size: ``None`` dense; int / (rows, cols) tiled with recomputation; ``"auto"``.
+        gather: ``True`` all-gather keys from every rank with gradient; ``"ring"`` pass key shards
+            around a ring. Each rank returns the mean over its local anchors (DDP's mean of the
+            per-rank losses is then the global loss).
+
+    Returns:
+        The loss (scalar unless ``reduction="none"``).
+    """
+    check_pair("query", query, "key", key)
+    check_positive("temperature", temperature)
+    check_margin(margin, margin_type)
+    check_choice("similarity", similarity, ("cosine", "dot"))
+    check_reduction(reduction)
+    if negatives is not None:
+        check_embeddings("negatives", negatives)
+        if negatives.shape[1] != query.shape[1]:
+            raise ValueError(
+                f"negatives must have feature dimension {query.shape[1]}, got {negatives.shape[1]}"
+            )
+    B = query.shape[0]
+    n_neg = B * (world_size() if gather else 1) - 1 + (0 if negatives is None else negatives.shape[0])
+    if n_neg < 1:
+        raise ValueError("the batch has no negatives: InfoNCE needs at least 2 samples or extra negatives")
+    q, k = prepare(query, similarity), prepare(key, similarity)
+    negs = prepare(negatives, similarity) if negatives is not None else None
+    scale = to_scale(temperature, q)
+    fused = symmetric and not gather
+    spec = ContrastSpec(positive="index", decoupled=decoupled, margin=margin, margin_type=margin_type,
+                        column_stats=fused)
+    ids = torch.arange(B, device=q.device)
+    row, col = run_contrast(spec, q, k, scale, row_meta={"pos_id": ids}, tile_size=tile_size,
+                            gather=gather, extra_candidates=negs)
+    per_anchor = row[:, 0] - row[:, 1]
+    if symmetric:
+        if fused:
+            reverse = col[:B, 0] - row[:, 1]
+        else:
+            spec_r = ContrastSpec(positive="index", decoupled=decoupled, margin=margin, margin_type=margin_type)
+            row_r, _ = run_contrast(spec_r, k, q, scale, row_meta={"pos_id": ids}, tile_size=tile_size,
+                                    gather=gather)
+            reverse = row_r[:, 0] - row_r[:, 1]
+        per_anchor = 0.5 * (per_anchor + reverse)
+    return reduce(per_anchor, reduction)
+
+
+class InfoNCE(nn.Module):
+    """Module form of :func:`info_nce`; ``forward(query, key, negatives=None)``."""
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        symmetric: bool = False,
+        decoupled: bool = False,
+        margin: float = 0.0,
+        margin_type: str = "additive",
+        similarity: str = "cosine",
+        reduction: str = "mean",
+        tile_size: int | str | tuple[int, int] | None = None,
+        gather: bool | str = False,
+    ) -> None:
+        super().__init__()
+        check_positive("temperature", temperature)
+        check_margin(margin, margin_type)
+        self.temperature, self.symmetric, self.decoupled = temperature, symmetric, decoupled
+        self.margin, self.margin_type, self.similarity = margin, margin_type, similarity
+        self.reduction, self.tile_size, self.gather = reduction, tile_size, gather
+
+    def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None) -> Tensor:
+        return info_nce(
+            query, key, temperature=self.temperature, symmetric=self.symmetric, decoupled=self.decoupled,
+            margin=self.margin, margin_type=self.margin_type, similarity=self.similarity,
+            negatives=negatives, reduction=self.reduction, tile_size=self.tile_size, gather=self.gather,
+        )

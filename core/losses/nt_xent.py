@@ -1,0 +1,95 @@
+r"""NT-Xent: SimCLR's 2N formulation (the "symmetric contrastive loss" of Lepage & Dehak).
+
+With :math:`z = [z^{(1)}; z^{(2)}]` (2N views, L2-normalised), every view :math:`a` is an anchor, its
+other view :math:`p(a)` the positive and the remaining 2N - 2 views the negatives:
+
+.. math::
+    \ell_a = -\log \frac{e^{\phi(s_{a,p(a)})/\tau}}{e^{\phi(s_{a,p(a)})/\tau}\,[\text{not decoupled}]
+        + \sum_{k \notin \{a, p(a)\}} e^{s_{ak}/\tau}}, \qquad L = \frac{1}{2N}\sum_a \ell_a
+
+with the positive-only margin :math:`\phi` of :func:`core.losses.info_nce`.
+
+References:
+    Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020.
+    Yeh et al., "Decoupled Contrastive Learning", ECCV 2022.
+    Lepage & Dehak, "Additive Margin in Contrastive Self-Supervised Frameworks to Learn Discriminative
+    Speaker Representations", 2024.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from core.losses._checks import check_choice, check_pair, check_positive, check_reduction, reduce
+from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+from core.losses.info_nce import check_margin, world_size
+
+__all__ = ["nt_xent", "NTXent"]
+
+
+def nt_xent(
+    z1: Tensor,
+    z2: Tensor,
+    *,
+    temperature: float | Tensor = 0.5,
+    decoupled: bool = False,
+    margin: float = 0.0,
+    margin_type: str = "additive",
+    similarity: str = "cosine",
+    reduction: str = "mean",
+    tile_size: int | str | tuple[int, int] | None = None,
+    gather: bool | str = False,
+) -> Tensor:
+    """NT-Xent over the 2N views ``cat([z1, z2])``.
+
+    Args:
+        z1, z2: (N, D) two views of the same N samples.
+        temperature, decoupled, margin, margin_type, similarity, tile_size, gather: as in
+            :func:`core.losses.info_nce`.
+        reduction: ``"mean"`` over the 2N anchors, ``"sum"``, or ``"none"`` ((2N,), view-1 anchors first).
+    """
+    check_pair("z1", z1, "z2", z2)
+    check_positive("temperature", temperature)
+    check_margin(margin, margin_type)
+    check_choice("similarity", similarity, ("cosine", "dot"))
+    check_reduction(reduction)
+    N = z1.shape[0]
+    if N * (world_size() if gather else 1) < 2:
+        raise ValueError("the batch has no negatives: NT-Xent needs at least 2 samples")
+    z = prepare(torch.cat([z1, z2], 0), similarity)
+    idx = torch.arange(2 * N, device=z.device)
+    meta = {"pos_id": (idx + N) % (2 * N), "self_id": idx}
+    spec = ContrastSpec(positive="index", exclude_self=True, decoupled=decoupled, margin=margin,
+                        margin_type=margin_type)
+    row, _ = run_contrast(spec, z, z, to_scale(temperature, z), row_meta=meta, tile_size=tile_size,
+                          gather=gather)
+    return reduce(row[:, 0] - row[:, 1], reduction)
+
+
+class NTXent(nn.Module):
+    """Module form of :func:`nt_xent`; ``forward(z1, z2)``."""
+
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        decoupled: bool = False,
+        margin: float = 0.0,
+        margin_type: str = "additive",
+        similarity: str = "cosine",
+        reduction: str = "mean",
+        tile_size: int | str | tuple[int, int] | None = None,
+        gather: bool | str = False,
+    ) -> None:
+        super().__init__()
+        check_positive("temperature", temperature)
+        check_margin(margin, margin_type)
+        self.temperature, self.decoupled, self.margin, self.margin_type = temperature, decoupled, margin, margin_type
+        self.similarity, self.reduction, self.tile_size, self.gather = similarity, reduction, tile_size, gather
+
+    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
+        return nt_xent(
+            z1, z2, temperature=self.temperature, decoupled=self.decoupled, margin=self.margin,
+            margin_type=self.margin_type, similarity=self.similarity, reduction=self.reduction,
+            tile_size=self.tile_size, gather=self.gather,
+        )

@@ -1,0 +1,270 @@
+"""Execution of a pairwise row/column reduction: dense or tiled.
+
+Every loss of :mod:`core.losses` is written as a *block function* that maps a block of anchors
+``A[r0:r1]`` and candidates ``C[c0:c1]`` to per-row (and optionally per-column) statistics.
+Each statistic is reduced over the other axis with one of three kinds:
+
+* ``"lse"``   log-sum-exp (merged across blocks with ``logaddexp``),
+* ``"sum"``   plain sum,
+* ``"count"`` plain sum of a quantity with no gradient (numbers of positives, negatives ...).
+
+Dense execution evaluates the block function once on the whole matrix under ordinary autograd.
+Tiled execution (:class:`TiledPairReduce`) walks blocks of ``rows x cols``, keeps only the reduced
+statistics, and in backward recomputes every block (as in Inf-CL, Wang et al. 2024, "Breaking the
+Memory Barrier"), so memory grows with ``B x tile`` instead of ``B x N``.
+
+For a ``"lse"`` statistic ``L_i = log sum_b exp(l_i^b)`` the upstream gradient ``g_i`` reaches block
+``b`` as ``g_i * exp(l_i^b - L_i)``; for ``"sum"`` statistics it reaches each block unchanged. The
+block's own autograd graph (rebuilt in backward) carries it to the inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Block", "BlockFn", "pair_reduce", "resolve_tile_size", "safe_logsumexp"]
+
+_KINDS = ("lse", "sum", "count")
+
+
+@dataclass
+class Block:
+    """Metadata of one block handed to a block function.
+
+    Attributes:
+        row_ids: global ids of the anchors in this block (``row_offset + local index``), shape (T,).
+        col_ids: global ids of the candidates in this block (``col_offset + local index``), shape (Tc,).
+        row: per-anchor metadata sliced to the block (labels, positive ids, weights ...).
+        col: per-candidate metadata sliced to the block.
+        rows: the local row slice; cols: the local column slice (to slice user pair matrices).
+        full: the block is the whole matrix (dense execution): no row can be empty by construction
+            of the caller's validation, so plain ``torch.logsumexp`` is safe.
+    """
+
+    row_ids: Tensor
+    col_ids: Tensor
+    row: Mapping[str, Tensor]
+    col: Mapping[str, Tensor]
+    rows: slice
+    cols: slice
+    full: bool = False  # True when the block is the whole matrix (dense execution)
+
+
+# block_fn(a_block, c_block, params, block) -> (row_stats, col_stats)
+BlockFn = Callable[[Tensor, Tensor, Sequence[Tensor], Block], tuple[Sequence[Tensor], Sequence[Tensor]]]
+
+
+def safe_logsumexp(x: Tensor, dim: int) -> Tensor:
+    """``logsumexp`` that returns ``-inf`` with a zero (not NaN) gradient for all-``-inf`` slices."""
+    m = x.detach().amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.exp(x - m).sum(dim=dim)
+    m = m.squeeze(dim)
+    pos = s > 0
+    out = m + torch.log(torch.where(pos, s, torch.ones_like(s)))
+    return torch.where(pos, out, torch.full_like(out, float("-inf")))
+
+
+def _slice_meta(meta: Mapping[str, Tensor], sl: slice) -> dict[str, Tensor]:
+    return {k: v[sl] for k, v in meta.items()}
+
+
+def _combine(total: Tensor, part: Tensor, kind: str) -> Tensor:
+    if kind == "lse":
+        return torch.logaddexp(total, part)
+    return total + part
+
+
+def _init(n: int, kinds: Sequence[str], like: Tensor) -> Tensor:
+    out = torch.zeros(n, len(kinds), dtype=like.dtype, device=like.device)
+    for k, kind in enumerate(kinds):
+        if kind == "lse":
+            out[:, k] = float("-inf")
+    return out
+
+
+def _block_weight(part: Tensor, total: Tensor, kind: str) -> Tensor:
+    """d total / d part for one block's contribution."""
+    if kind == "lse":
+        w = torch.exp(part - total)
+        return torch.where(torch.isfinite(part), w, torch.zeros_like(w))
+    return torch.ones_like(part)
+
+
+def resolve_tile_size(
+    tile_size: int | str | tuple[int, int] | None, n_rows: int, n_cols: int, dtype: torch.dtype,
+    memory_budget_bytes: int | None = None,
+) -> tuple[int, int] | None:
+    """Turn the user's ``tile_size`` into (row_tile, col_tile), or ``None`` for dense.
+
+    ``"auto"`` picks dense whenever the dense pass fits in ``memory_budget_bytes`` (default 1 GiB of
+    logits-sized buffers; dense keeps about 4 buffers of B x N alive), otherwise tiles of 1024 x 4096.
+    """
+    if tile_size is None:
+        return None
+    if isinstance(tile_size, str):
+        if tile_size != "auto":
+            raise ValueError(f"tile_size must be an int, a (rows, cols) tuple, 'auto' or None, got {tile_size!r}")
+        budget = memory_budget_bytes if memory_budget_bytes is not None else 1 << 30
+        itemsize = torch.finfo(dtype).bits // 8
+        if 4 * n_rows * n_cols * itemsize <= budget:
+            return None
+        return (1024, 4096)
+    if isinstance(tile_size, tuple):
+        if len(tile_size) != 2:
+            raise ValueError(f"tile_size tuple must be (row_tile, col_tile), got {tile_size!r}")
+        rt, ct = int(tile_size[0]), int(tile_size[1])
+    else:
+        rt = ct = int(tile_size)
+    if rt <= 0 or ct <= 0:
+        raise ValueError(f"tile_size must be positive, got {tile_size!r}")
+    return rt, ct
+
+
+def _ids(n: int, offset: int, device: torch.device) -> Tensor:
+    return torch.arange(offset, offset + n, device=device)
+
+
+class TiledPairReduce(torch.autograd.Function):
+    """Blockwise reduction with recomputation in backward. Inputs: a (B, D), c (N, D), *params."""
+
+    @staticmethod
+    def forward(ctx, block_fn, row_kinds, col_kinds, row_meta, col_meta, tiles, offsets, a, c, *params):
+        rt, ct = tiles
+        B, N = a.shape[0], c.shape[0]
+        row_ids_all = _ids(B, offsets[0], a.device)
+        col_ids_all = _ids(N, offsets[1], a.device)
+        row_tot = _init(B, row_kinds, a)
+        col_tot = _init(N, col_kinds, a)
+        with torch.no_grad():
+            for r0 in range(0, B, rt):
+                rs = slice(r0, min(r0 + rt, B))
+                rmeta = _slice_meta(row_meta, rs)
+                for c0 in range(0, N, ct):
+                    cs = slice(c0, min(c0 + ct, N))
+                    blk = Block(row_ids_all[rs], col_ids_all[cs], rmeta, _slice_meta(col_meta, cs), rs, cs)
+                    rstats, cstats = block_fn(a[rs], c[cs], params, blk)
+                    for k, s in enumerate(rstats):
+                        row_tot[rs, k] = _combine(row_tot[rs, k], s, row_kinds[k])
+                    for k, s in enumerate(cstats):
+                        col_tot[cs, k] = _combine(col_tot[cs, k], s, col_kinds[k])
+        ctx.block_fn, ctx.row_kinds, ctx.col_kinds = block_fn, row_kinds, col_kinds
+        ctx.row_meta, ctx.col_meta, ctx.tiles, ctx.offsets = row_meta, col_meta, tiles, offsets
+        ctx.n_params = len(params)
+        ctx.save_for_backward(a, c, row_tot, col_tot, *params)
+        return row_tot, col_tot
+
+    @staticmethod
+    def backward(ctx, g_row, g_col):
+        a, c, row_tot, col_tot, *params = ctx.saved_tensors
+        rt, ct = ctx.tiles
+        B, N = a.shape[0], c.shape[0]
+        need_a, need_c = ctx.needs_input_grad[7], ctx.needs_input_grad[8]
+        need_p = ctx.needs_input_grad[9:]
+        da = torch.zeros_like(a) if need_a else None
+        dc = torch.zeros_like(c) if need_c else None
+        dp = [torch.zeros_like(p) if n else None for p, n in zip(params, need_p)]
+        row_ids_all = _ids(B, ctx.offsets[0], a.device)
+        col_ids_all = _ids(N, ctx.offsets[1], a.device)
+        g_row = g_row if g_row is not None else torch.zeros_like(row_tot)
+        g_col = g_col if g_col is not None else torch.zeros_like(col_tot)
+        for r0 in range(0, B, rt):
+            rs = slice(r0, min(r0 + rt, B))
+            rmeta = _slice_meta(ctx.row_meta, rs)
+            for c0 in range(0, N, ct):
+                cs = slice(c0, min(c0 + ct, N))
+                blk = Block(row_ids_all[rs], col_ids_all[cs], rmeta, _slice_meta(ctx.col_meta, cs), rs, cs)
+                with torch.enable_grad():
+                    a_b = a[rs].detach().requires_grad_(need_a)
+                    c_b = c[cs].detach().requires_grad_(need_c)
+                    p_b = [p.detach().requires_grad_(n) for p, n in zip(params, need_p)]
+                    rstats, cstats = ctx.block_fn(a_b, c_b, p_b, blk)
+                    outs, gouts = [], []
+                    for k, s in enumerate(rstats):
+                        kind = ctx.row_kinds[k]
+                        if kind == "count" or not s.requires_grad:
+                            continue
+                        outs.append(s)
+                        gouts.append(g_row[rs, k] * _block_weight(s.detach(), row_tot[rs, k], kind))
+                    for k, s in enumerate(cstats):
+                        kind = ctx.col_kinds[k]
+                        if kind == "count" or not s.requires_grad:
+                            continue
+                        outs.append(s)
+                        gouts.append(g_col[cs, k] * _block_weight(s.detach(), col_tot[cs, k], kind))
+                    inputs = [t for t, n in [(a_b, need_a), (c_b, need_c)] if n]
+                    inputs += [p for p, n in zip(p_b, need_p) if n]
+                    if not outs or not inputs:
+                        continue
+                    grads = torch.autograd.grad(outs, inputs, gouts, allow_unused=True)
+                gi = iter(grads)
+                if need_a:
+                    g = next(gi)
+                    if g is not None:
+                        da[rs] += g
+                if need_c:
+                    g = next(gi)
+                    if g is not None:
+                        dc[cs] += g
+                for j, n in enumerate(need_p):
+                    if n:
+                        g = next(gi)
+                        if g is not None:
+                            dp[j] += g
+        return (None, None, None, None, None, None, None, da, dc, *dp)
+
+
+def pair_reduce(
+    anchors: Tensor,
+    candidates: Tensor,
+    block_fn: BlockFn,
+    *,
+    row_kinds: Sequence[str],
+    col_kinds: Sequence[str] = (),
+    params: Sequence[Tensor] = (),
+    row_meta: Mapping[str, Tensor] | None = None,
+    col_meta: Mapping[str, Tensor] | None = None,
+    tile_size: int | str | tuple[int, int] | None = None,
+    row_offset: int = 0,
+    col_offset: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Reduce ``block_fn`` over all (anchor, candidate) pairs.
+
+    Returns ``(row_stats (B, R), col_stats (N, C))`` where column ``k`` of ``row_stats`` is the
+    reduction (``row_kinds[k]``) of the k-th row statistic over all candidates.
+
+    Args:
+        anchors: (B, D) anchor embeddings (already normalised if the loss uses cosine similarity).
+        candidates: (N, D) candidate embeddings.
+        block_fn: computes the statistics of one block; must depend on the data only through its
+            arguments (it is re-run in backward when tiled).
+        row_kinds / col_kinds: ``"lse"``, ``"sum"`` or ``"count"`` per statistic.
+        params: extra differentiable tensors (logit scale, bias) passed whole to every block.
+        row_meta / col_meta: per-row / per-column tensors sliced to each block.
+        tile_size: ``None`` (dense), an int, ``(rows, cols)`` or ``"auto"``.
+        row_offset / col_offset: global id of the first anchor / candidate (non-zero when the
+            candidates are one rank's shard of a gathered set).
+    """
+    for k in (*row_kinds, *col_kinds):
+        if k not in _KINDS:
+            raise ValueError(f"unknown statistic kind {k!r}; expected one of {_KINDS}")
+    row_meta = dict(row_meta or {})
+    col_meta = dict(col_meta or {})
+    B, N = anchors.shape[0], candidates.shape[0]
+    tiles = resolve_tile_size(tile_size, B, N, anchors.dtype)
+    if tiles is None or (tiles[0] >= B and tiles[1] >= N):
+        dev = anchors.device
+        blk = Block(_ids(B, row_offset, dev), _ids(N, col_offset, dev), row_meta, col_meta,
+                    slice(0, B), slice(0, N), full=True)
+        rstats, cstats = block_fn(anchors, candidates, list(params), blk)
+        row = torch.stack(list(rstats), dim=1) if rstats else anchors.new_zeros(B, 0)
+        col = torch.stack(list(cstats), dim=1) if cstats else anchors.new_zeros(N, 0)
+        return row, col
+    return TiledPairReduce.apply(
+        block_fn, tuple(row_kinds), tuple(col_kinds), row_meta, col_meta, tiles,
+        (row_offset, col_offset), anchors, candidates, *params,
+    )
