@@ -16,6 +16,9 @@ Memory Barrier"), so memory grows with ``B x tile`` instead of ``B x N``.
 For a ``"lse"`` statistic ``L_i = log sum_b exp(l_i^b)`` the upstream gradient ``g_i`` reaches block
 ``b`` as ``g_i * exp(l_i^b - L_i)``; for ``"sum"`` statistics it reaches each block unchanged. The
 block's own autograd graph (rebuilt in backward) carries it to the inputs.
+
+The two block loops live in :class:`BlockWalk` so that the ring of
+:func:`core.negatives.distributed.ring_pair_reduce` runs exactly the same code on each visiting shard.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ class Block:
         col_ids: global ids of the candidates in this block (``col_offset + local index``), shape (Tc,).
         row: per-anchor metadata sliced to the block (labels, positive ids, weights ...).
         col: per-candidate metadata sliced to the block.
-        rows: the local row slice; cols: the local column slice (to slice user pair matrices).
+        rows: the local row slice; cols: the column slice in the candidate order of the whole
+            reduction (to slice user (B, N) pair matrices; under the ring of
+            :mod:`core.negatives.distributed` this is the gathered order, as with ``gather=True``).
         full: the block is the whole matrix (dense execution): no row can be empty by construction
             of the caller's validation, so plain ``torch.logsumexp`` is safe.
     """
@@ -129,92 +134,129 @@ def _ids(n: int, offset: int, device: torch.device) -> Tensor:
     return torch.arange(offset, offset + n, device=device)
 
 
+@dataclass(frozen=True)
+class BlockWalk:
+    """The block loops shared by tiled execution (:class:`TiledPairReduce`) and the ring of
+    :func:`core.negatives.distributed.ring_pair_reduce`.
+
+    ``forward`` accumulates the statistics of every ``rows x cols`` block of ``a x c`` into running
+    totals without building a graph; ``backward`` recomputes each block under autograd and
+    accumulates the input gradients. Both take the global id offsets of ``a`` and ``c``, and
+    ``cols_base``: where ``c`` starts in the candidate order that ``Block.cols`` refers to (non-zero
+    when ``c`` is one shard of a larger candidate set, as in the ring).
+    """
+
+    block_fn: BlockFn
+    row_kinds: tuple[str, ...]
+    col_kinds: tuple[str, ...]
+    row_meta: Mapping[str, Tensor]
+    col_meta: Mapping[str, Tensor]
+    tiles: tuple[int, int]
+
+    def _blocks(self, a: Tensor, c: Tensor, row_offset: int, col_offset: int, cols_base: int):
+        rt, ct = self.tiles
+        B, N = a.shape[0], c.shape[0]
+        row_ids_all = _ids(B, row_offset, a.device)
+        col_ids_all = _ids(N, col_offset, a.device)
+        for r0 in range(0, B, rt):
+            rs = slice(r0, min(r0 + rt, B))
+            rmeta = _slice_meta(self.row_meta, rs)
+            for c0 in range(0, N, ct):
+                cs = slice(c0, min(c0 + ct, N))
+                cols = cs if cols_base == 0 else slice(cs.start + cols_base, cs.stop + cols_base)
+                yield rs, cs, Block(row_ids_all[rs], col_ids_all[cs], rmeta, _slice_meta(self.col_meta, cs), rs, cols)
+
+    def forward(
+        self, a: Tensor, c: Tensor, params: Sequence[Tensor], row_tot: Tensor, col_tot: Tensor, *,
+        row_offset: int = 0, col_offset: int = 0, cols_base: int = 0,
+    ) -> None:
+        """Merge every block's statistics into ``row_tot`` (B, R) and ``col_tot`` (N, C), in place."""
+        with torch.no_grad():
+            for rs, cs, blk in self._blocks(a, c, row_offset, col_offset, cols_base):
+                rstats, cstats = self.block_fn(a[rs], c[cs], params, blk)
+                for k, s in enumerate(rstats):
+                    row_tot[rs, k] = _combine(row_tot[rs, k], s, self.row_kinds[k])
+                for k, s in enumerate(cstats):
+                    col_tot[cs, k] = _combine(col_tot[cs, k], s, self.col_kinds[k])
+
+    def backward(
+        self, a: Tensor, c: Tensor, params: Sequence[Tensor], row_tot: Tensor, col_tot: Tensor,
+        g_row: Tensor, g_col: Tensor, da: Tensor | None, dc: Tensor | None, dp: Sequence[Tensor | None], *,
+        row_offset: int = 0, col_offset: int = 0, cols_base: int = 0,
+    ) -> None:
+        """Recompute every block and add its input gradients to ``da``, ``dc``, ``dp`` (in place).
+
+        ``row_tot`` / ``col_tot`` are the final totals of the forward pass (they turn a block's
+        log-sum-exp into its share of the gradient); ``g_row`` / ``g_col`` the upstream gradients.
+        A ``None`` accumulator means that gradient is not needed.
+        """
+        need_a, need_c = da is not None, dc is not None
+        need_p = [d is not None for d in dp]
+        for rs, cs, blk in self._blocks(a, c, row_offset, col_offset, cols_base):
+            with torch.enable_grad():
+                a_b = a[rs].detach().requires_grad_(need_a)
+                c_b = c[cs].detach().requires_grad_(need_c)
+                p_b = [p.detach().requires_grad_(n) for p, n in zip(params, need_p)]
+                rstats, cstats = self.block_fn(a_b, c_b, p_b, blk)
+                outs, gouts = [], []
+                for k, s in enumerate(rstats):
+                    kind = self.row_kinds[k]
+                    if kind == "count" or not s.requires_grad:
+                        continue
+                    outs.append(s)
+                    gouts.append(g_row[rs, k] * _block_weight(s.detach(), row_tot[rs, k], kind))
+                for k, s in enumerate(cstats):
+                    kind = self.col_kinds[k]
+                    if kind == "count" or not s.requires_grad:
+                        continue
+                    outs.append(s)
+                    gouts.append(g_col[cs, k] * _block_weight(s.detach(), col_tot[cs, k], kind))
+                inputs = [t for t, n in [(a_b, need_a), (c_b, need_c)] if n]
+                inputs += [p for p, n in zip(p_b, need_p) if n]
+                if not outs or not inputs:
+                    continue
+                grads = torch.autograd.grad(outs, inputs, gouts, allow_unused=True)
+            gi = iter(grads)
+            if need_a:
+                g = next(gi)
+                if g is not None:
+                    da[rs] += g
+            if need_c:
+                g = next(gi)
+                if g is not None:
+                    dc[cs] += g
+            for j, n in enumerate(need_p):
+                if n:
+                    g = next(gi)
+                    if g is not None:
+                        dp[j] += g
+
+
 class TiledPairReduce(torch.autograd.Function):
     """Blockwise reduction with recomputation in backward. Inputs: a (B, D), c (N, D), *params."""
 
     @staticmethod
     def forward(ctx, block_fn, row_kinds, col_kinds, row_meta, col_meta, tiles, offsets, a, c, *params):
-        rt, ct = tiles
-        B, N = a.shape[0], c.shape[0]
-        row_ids_all = _ids(B, offsets[0], a.device)
-        col_ids_all = _ids(N, offsets[1], a.device)
-        row_tot = _init(B, row_kinds, a)
-        col_tot = _init(N, col_kinds, a)
-        with torch.no_grad():
-            for r0 in range(0, B, rt):
-                rs = slice(r0, min(r0 + rt, B))
-                rmeta = _slice_meta(row_meta, rs)
-                for c0 in range(0, N, ct):
-                    cs = slice(c0, min(c0 + ct, N))
-                    blk = Block(row_ids_all[rs], col_ids_all[cs], rmeta, _slice_meta(col_meta, cs), rs, cs)
-                    rstats, cstats = block_fn(a[rs], c[cs], params, blk)
-                    for k, s in enumerate(rstats):
-                        row_tot[rs, k] = _combine(row_tot[rs, k], s, row_kinds[k])
-                    for k, s in enumerate(cstats):
-                        col_tot[cs, k] = _combine(col_tot[cs, k], s, col_kinds[k])
-        ctx.block_fn, ctx.row_kinds, ctx.col_kinds = block_fn, row_kinds, col_kinds
-        ctx.row_meta, ctx.col_meta, ctx.tiles, ctx.offsets = row_meta, col_meta, tiles, offsets
-        ctx.n_params = len(params)
+        walk = BlockWalk(block_fn, row_kinds, col_kinds, row_meta, col_meta, tiles)
+        row_tot = _init(a.shape[0], row_kinds, a)
+        col_tot = _init(c.shape[0], col_kinds, a)
+        walk.forward(a, c, params, row_tot, col_tot, row_offset=offsets[0], col_offset=offsets[1])
+        ctx.walk, ctx.offsets = walk, offsets
         ctx.save_for_backward(a, c, row_tot, col_tot, *params)
         return row_tot, col_tot
 
     @staticmethod
     def backward(ctx, g_row, g_col):
         a, c, row_tot, col_tot, *params = ctx.saved_tensors
-        rt, ct = ctx.tiles
-        B, N = a.shape[0], c.shape[0]
         need_a, need_c = ctx.needs_input_grad[7], ctx.needs_input_grad[8]
         need_p = ctx.needs_input_grad[9:]
         da = torch.zeros_like(a) if need_a else None
         dc = torch.zeros_like(c) if need_c else None
         dp = [torch.zeros_like(p) if n else None for p, n in zip(params, need_p)]
-        row_ids_all = _ids(B, ctx.offsets[0], a.device)
-        col_ids_all = _ids(N, ctx.offsets[1], a.device)
         g_row = g_row if g_row is not None else torch.zeros_like(row_tot)
         g_col = g_col if g_col is not None else torch.zeros_like(col_tot)
-        for r0 in range(0, B, rt):
-            rs = slice(r0, min(r0 + rt, B))
-            rmeta = _slice_meta(ctx.row_meta, rs)
-            for c0 in range(0, N, ct):
-                cs = slice(c0, min(c0 + ct, N))
-                blk = Block(row_ids_all[rs], col_ids_all[cs], rmeta, _slice_meta(ctx.col_meta, cs), rs, cs)
-                with torch.enable_grad():
-                    a_b = a[rs].detach().requires_grad_(need_a)
-                    c_b = c[cs].detach().requires_grad_(need_c)
-                    p_b = [p.detach().requires_grad_(n) for p, n in zip(params, need_p)]
-                    rstats, cstats = ctx.block_fn(a_b, c_b, p_b, blk)
-                    outs, gouts = [], []
-                    for k, s in enumerate(rstats):
-                        kind = ctx.row_kinds[k]
-                        if kind == "count" or not s.requires_grad:
-                            continue
-                        outs.append(s)
-                        gouts.append(g_row[rs, k] * _block_weight(s.detach(), row_tot[rs, k], kind))
-                    for k, s in enumerate(cstats):
-                        kind = ctx.col_kinds[k]
-                        if kind == "count" or not s.requires_grad:
-                            continue
-                        outs.append(s)
-                        gouts.append(g_col[cs, k] * _block_weight(s.detach(), col_tot[cs, k], kind))
-                    inputs = [t for t, n in [(a_b, need_a), (c_b, need_c)] if n]
-                    inputs += [p for p, n in zip(p_b, need_p) if n]
-                    if not outs or not inputs:
-                        continue
-                    grads = torch.autograd.grad(outs, inputs, gouts, allow_unused=True)
-                gi = iter(grads)
-                if need_a:
-                    g = next(gi)
-                    if g is not None:
-                        da[rs] += g
-                if need_c:
-                    g = next(gi)
-                    if g is not None:
-                        dc[cs] += g
-                for j, n in enumerate(need_p):
-                    if n:
-                        g = next(gi)
-                        if g is not None:
-                            dp[j] += g
+        ctx.walk.backward(a, c, params, row_tot, col_tot, g_row, g_col, da, dc, dp,
+                          row_offset=ctx.offsets[0], col_offset=ctx.offsets[1])
         return (None, None, None, None, None, None, None, da, dc, *dp)
 
 
