@@ -119,7 +119,10 @@ def _margin_logits(sim: Tensor, scale: Tensor, spec: ContrastSpec) -> Tensor:
 def _lse_forward(x: Tensor, dim: int) -> Tensor:
     """log-sum-exp over ``dim`` in two parallel passes (max, fused log-softmax) instead of the four of
     ``torch.logsumexp``: lse = max - log_softmax(x)[argmax], where log_softmax at the maximum is exactly
-    -log(sum exp(x - max))."""
+    -log(sum exp(x - max)). Along the first dimension (the column direction of a symmetric loss) ``max``
+    with indices is slow on CPU, so ``torch.logsumexp`` is used there."""
+    if dim % x.dim() != x.dim() - 1:
+        return torch.logsumexp(x, dim)
     m, at = x.max(dim, keepdim=True)
     return (m - torch.log_softmax(x, dim).gather(dim, at)).squeeze(dim)
 

@@ -369,7 +369,8 @@ def ring_pair_reduce(
         if key in row_meta:
             row_meta[key] = row_meta[key] + ring.offsets[rank]
     B = anchors.shape[0]
-    tiles = resolve_tile_size(tile_size, B, max(sizes), anchors.dtype) or (max(B, 1), max(max(sizes), 1))
+    tiles = resolve_tile_size(tile_size, B, max(sizes), anchors.dtype, device=anchors.device)
+    tiles = tiles or (max(B, 1), max(max(sizes), 1))
     meta_keys = tuple(sorted(col_meta))
     walk = BlockWalk(block_fn, tuple(row_kinds), (), row_meta, {}, tiles)
     row = RingPairReduce.apply(walk, ring, meta_keys, len(meta_keys), anchors, candidates,

@@ -22,6 +22,7 @@ from core.losses import (
     sup_con,
 )
 from core.negatives import resolve_tile_size
+from core.negatives.execution import DEFAULT_TILE
 
 B, D = 7, 5
 
@@ -131,8 +132,9 @@ def test_auto_picks_dense_for_small_inputs(case):
 
 def test_auto_tiles_when_the_dense_pass_does_not_fit():
     assert resolve_tile_size("auto", 64, 64, torch.float32) is None
-    assert resolve_tile_size("auto", 65536, 65536, torch.float32) == (1024, 4096)
-    assert resolve_tile_size("auto", 4096, 4096, torch.float32, memory_budget_bytes=1 << 20) == (1024, 4096)
+    assert resolve_tile_size("auto", 1 << 20, 1 << 20, torch.float32) == DEFAULT_TILE  # 24 TiB dense
+    assert resolve_tile_size("auto", 4096, 4096, torch.float32, memory_budget_bytes=1 << 20) == DEFAULT_TILE
+    assert resolve_tile_size("auto", 4096, 4096, torch.float32, memory_budget_bytes=1 << 30) is None
 
 
 @pytest.mark.parametrize("case", ["info_nce-angular-margin-symmetric", "sup_con-in", "con_r-paper", "sig_lip",

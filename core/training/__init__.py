@@ -1,0 +1,28 @@
+"""The Lightning glue every app reuses.
+
+- :class:`ContrastiveModule` — base LightningModule (optimiser + schedule, logging of loss, temperature,
+  alignment, uniformity); :class:`SimCLRModule` — two-view NT-Xent training on top of it.
+- :func:`default_callbacks`, :func:`csv_logger` — progress bar, resumable checkpoints, CSV logs.
+- :func:`fit_with_resume` — fit, continuing from ``run_dir/checkpoints/last.ckpt`` when it exists.
+- :func:`seed_everything` — reproducible runs.
+- :func:`run_cli` (in :mod:`core.training.cli`) — the LightningCLI convention of ``apps/<name>/__main__.py``.
+"""
+
+from core.training.callbacks import checkpoint_dir, csv_logger, default_callbacks
+from core.training.checkpoint_io import AtomicCheckpointIO
+from core.training.module import ContrastiveModule, SimCLRModule, warmup_cosine
+from core.training.resume import find_resume_checkpoint, fit_with_resume
+from core.training.seed import seed_everything
+
+__all__ = [
+    "ContrastiveModule",
+    "SimCLRModule",
+    "warmup_cosine",
+    "default_callbacks",
+    "csv_logger",
+    "checkpoint_dir",
+    "AtomicCheckpointIO",
+    "find_resume_checkpoint",
+    "fit_with_resume",
+    "seed_everything",
+]

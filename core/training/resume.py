@@ -1,0 +1,90 @@
+"""Fit a model, resuming from the run directory's last checkpoint when there is one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from core.training.callbacks import checkpoint_dir, csv_logger, default_callbacks
+from core.training.checkpoint_io import AtomicCheckpointIO
+
+__all__ = ["find_resume_checkpoint", "fit_with_resume"]
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
+    """``run_dir/checkpoints/last.ckpt`` if it exists, else ``None``."""
+    last = checkpoint_dir(run_dir) / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def _fit_data_kwargs(data: Any) -> dict[str, Any]:
+    if isinstance(data, L.LightningDataModule):
+        return {"datamodule": data}
+    if isinstance(data, Mapping):
+        unknown = set(data) - {"train_dataloaders", "val_dataloaders", "datamodule"}
+        if unknown:
+            raise ValueError(f"unknown data keys {sorted(unknown)}; use train_dataloaders / val_dataloaders")
+        return dict(data)
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise ValueError("pass loaders as (train_loader, val_loader); a single loader on its own")
+        return {"train_dataloaders": data[0], "val_dataloaders": data[1]}
+    return {"train_dataloaders": data}
+
+
+def fit_with_resume(
+    trainer_kwargs: Mapping[str, Any],
+    module: L.LightningModule,
+    datamodule_or_loaders: Any,
+    run_dir: str | Path,
+    *,
+    checkpoint_every_n_steps: int | None = None,
+    extra_callbacks: Sequence[Callback] = (),
+) -> L.Trainer:
+    """Build a :class:`lightning.Trainer` for ``run_dir`` and fit, resuming if the run was interrupted.
+
+    If ``run_dir/checkpoints/last.ckpt`` exists, training continues from it (``ckpt_path``): weights,
+    optimiser and scheduler state, and the loop counters (``global_step``, epoch), so ``max_steps`` /
+    ``max_epochs`` count the whole run, not the attempt. Otherwise it starts fresh. A run that already
+    reached its target re-loads the checkpoint and returns at once.
+
+    Unless given in ``trainer_kwargs``: ``default_root_dir=run_dir``, ``callbacks=default_callbacks(...)``
+    (progress bar and checkpoints in ``run_dir/checkpoints``), ``logger=csv_logger(run_dir)`` and
+    ``plugins=[AtomicCheckpointIO()]``. Callbacks you pass replace the defaults, so include a
+    ``ModelCheckpoint(dirpath=checkpoint_dir(run_dir), save_last=True)`` if the run should be resumable.
+
+    Args:
+        trainer_kwargs: keyword arguments of :class:`lightning.Trainer`.
+        module: the LightningModule.
+        datamodule_or_loaders: a LightningDataModule, a train DataLoader, a ``(train, val)`` pair, or a
+            dict of ``train_dataloaders`` / ``val_dataloaders``.
+        run_dir: the run's directory.
+        checkpoint_every_n_steps: checkpoint every this many steps instead of every epoch (default
+            callbacks only).
+        extra_callbacks: appended to the callbacks (the defaults or those in ``trainer_kwargs``).
+
+    Returns:
+        The fitted trainer (``trainer.global_step``, ``trainer.callback_metrics``, ...).
+    """
+    run_dir = Path(run_dir)
+    kwargs = dict(trainer_kwargs)
+    kwargs.setdefault("default_root_dir", str(run_dir))
+    if "callbacks" not in kwargs:
+        kwargs["callbacks"] = default_callbacks(
+            run_dir,
+            every_n_train_steps=checkpoint_every_n_steps,
+            progress_bar=kwargs.get("enable_progress_bar", True) is not False,
+            checkpoint=kwargs.get("enable_checkpointing", True) is not False,
+        )
+    kwargs["callbacks"] = list(kwargs["callbacks"] or []) + list(extra_callbacks)
+    if kwargs.get("logger") in (None, True):
+        kwargs["logger"] = csv_logger(run_dir)
+    if not kwargs.get("plugins"):
+        kwargs["plugins"] = [AtomicCheckpointIO()]
+    trainer = L.Trainer(**kwargs)
+    trainer.fit(module, ckpt_path=find_resume_checkpoint(run_dir), **_fit_data_kwargs(datamodule_or_loaders))
+    return trainer
