@@ -38,7 +38,7 @@ from torch import Tensor
 
 from core.negatives.execution import Block, BlockFn, pair_reduce, safe_logsumexp
 
-__all__ = ["ContrastSpec", "contrast_block", "reduce_pairs", "run_contrast", "prepare", "to_scale"]
+__all__ = ["ContrastBlockFn", "ContrastSpec", "contrast_block", "reduce_pairs", "run_contrast", "prepare", "to_scale"]
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,12 @@ def contrast_block(spec: ContrastSpec, a: Tensor, c: Tensor, params: Sequence[Te
     c0 = blk.col_ids[0]
     neg_inf = float("-inf")
     # A dense block has no empty row (callers validate that), so the fused logsumexp is safe there.
-    den_lse_fn = _dense_logsumexp if (blk.full and spec.negatives_rule == "all") else safe_logsumexp
+    if not torch.is_grad_enabled():
+        den_lse_fn = torch.logsumexp  # forward pass of a tiled walk: no gradient, so an empty row is harmless
+    elif blk.full and spec.negatives_rule == "all":
+        den_lse_fn = _dense_logsumexp
+    else:
+        den_lse_fn = safe_logsumexp
     zeros = torch.zeros(T, dtype=dt, device=logits.device)
     n_neg = n_nonpos = zeros
 
@@ -314,6 +319,76 @@ def contrast_block(spec: ContrastSpec, a: Tensor, c: Tensor, params: Sequence[Te
     return row_stats, col_stats
 
 
+class ContrastBlockFn:
+    """:func:`contrast_block` bound to a spec, with a hand-derived tile gradient for the common case.
+
+    For index positives over all candidates (InfoNCE, CLIP, NT-Xent, with ``decoupled`` and additive
+    margins) the recomputed tile's gradient is written out instead of replaying the tile under autograd:
+    with ``x = s a c^T`` the tile's logits and ``L`` the saved row (column) log-sum-exp totals,
+
+        G = g_row * exp(x_den - L_row) [+ g_col * exp(x_den - L_col)],
+        da = s G c,   dc = s G^T a,   ds = sum(a * (G c)) - m * sum_i G_{i, p(i)},
+
+    plus the positive term ``P_i = s (a_i . c_p(i) - m)``. Other specs return ``None`` and the walk falls
+    back to autograd (see :meth:`core.negatives.execution.BlockWalk.backward`).
+    """
+
+    def __init__(self, spec: ContrastSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, a: Tensor, c: Tensor, params: Sequence[Tensor], blk: Block):
+        return contrast_block(self.spec, a, c, params, blk)
+
+    def direct_grad(
+        self, a: Tensor, c: Tensor, params: Sequence[Tensor], blk: Block, row_tot: Tensor, col_tot: Tensor,
+        g_row: Tensor, g_col: Tensor, need: tuple[bool, bool, Sequence[bool]],
+    ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]] | None:
+        spec = self.spec
+        if (spec.positive != "index" or spec.negatives_rule != "all"
+                or (spec.margin != 0.0 and spec.margin_type != "additive")):
+            return None
+        need_a, need_c, need_p = need
+        scale = params[0].detach()
+        T, C = a.shape[0], c.shape[0]
+        rows_t = torch.arange(T, device=a.device)
+        c0 = blk.col_ids[0]
+        m = spec.margin
+        with torch.no_grad():
+            den = (a * scale) @ c.T
+            li = blk.row["pos_id"] - c0
+            inside = (li >= 0) & (li < C)
+            li_c = li.clamp(0, C - 1)
+            pos_sim = (a * c[li_c]).sum(1)
+            r_in, l_in = rows_t[inside], li_c[inside]
+            if spec.decoupled:
+                den[r_in, l_in] = float("-inf")
+            elif m != 0.0:
+                den[r_in, l_in] = scale * (pos_sim[inside] - m)
+            if spec.exclude_self:
+                ls = blk.row["self_id"] - c0
+                s_in = (ls >= 0) & (ls < C)
+                den[rows_t[s_in], ls[s_in]] = float("-inf")
+            if spec.column_stats:
+                G = torch.exp(den - col_tot[None, :, 0]).mul_(g_col[None, :, 0])
+                G += den.sub_(row_tot[:, 0:1]).exp_().mul_(g_row[:, 0:1])
+            else:
+                G = den.sub_(row_tot[:, 0:1]).exp_().mul_(g_row[:, 0:1])
+            gp = torch.where(inside, g_row[:, 1], torch.zeros_like(g_row[:, 1]))
+            Gc = G @ c
+            da = (Gc + gp[:, None] * c[li_c]).mul_(scale) if need_a else None
+            dc = None
+            if need_c:
+                dc = (G.T @ a).mul_(scale)
+                dc.index_add_(0, l_in, (scale * gp[inside])[:, None] * a[inside])
+            ds = None
+            if need_p[0]:
+                ds = (a * Gc).sum() + (gp * (pos_sim - m)).sum()
+                if m != 0.0 and not spec.decoupled:
+                    ds = ds - m * G[r_in, l_in].sum()
+                ds = ds.reshape(params[0].shape)
+        return da, dc, [ds]
+
+
 def reduce_pairs(
     block_fn: BlockFn,
     anchors: Tensor,
@@ -390,7 +465,7 @@ def run_contrast(
     if spec.column_stats and gather:
         raise ValueError("fused column statistics are single-process only")
     return reduce_pairs(
-        lambda a, c, p, b: contrast_block(spec, a, c, p, b), anchors, candidates,
+        ContrastBlockFn(spec), anchors, candidates,
         row_kinds=spec.row_kinds, col_kinds=spec.col_kinds, params=(scale,), row_meta=row_meta,
         col_meta=col_meta, tile_size=tile_size, gather=gather, extra_candidates=extra_candidates,
     )

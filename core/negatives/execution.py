@@ -164,8 +164,9 @@ class BlockWalk:
     :func:`core.negatives.distributed.ring_pair_reduce`.
 
     ``forward`` accumulates the statistics of every ``rows x cols`` block of ``a x c`` into running
-    totals without building a graph; ``backward`` recomputes each block under autograd and
-    accumulates the input gradients. Both take the global id offsets of ``a`` and ``c``, and
+    totals without building a graph; ``backward`` recomputes each block (with the block function's own
+    ``direct_grad`` when it has one for these settings, under autograd otherwise) and accumulates the
+    input gradients. Both take the global id offsets of ``a`` and ``c``, and
     ``cols_base``: where ``c`` starts in the candidate order that ``Block.cols`` refers to (non-zero
     when ``c`` is one shard of a larger candidate set, as in the ring).
     """
@@ -216,7 +217,23 @@ class BlockWalk:
         """
         need_a, need_c = da is not None, dc is not None
         need_p = [d is not None for d in dp]
+        direct = getattr(self.block_fn, "direct_grad", None)
         for rs, cs, blk in self._blocks(a, c, row_offset, col_offset, cols_base):
+            if direct is not None:
+                # A block function may write its tile gradient out by hand (no graph, fewer passes); it
+                # returns None for settings it does not cover, and we replay the tile under autograd.
+                res = direct(a[rs], c[cs], params, blk, row_tot[rs], col_tot[cs], g_row[rs], g_col[cs],
+                             (need_a, need_c, need_p))
+                if res is not None:
+                    g_a, g_c, g_p = res
+                    if need_a:
+                        da[rs] += g_a
+                    if need_c:
+                        dc[cs] += g_c
+                    for j, n in enumerate(need_p):
+                        if n and g_p[j] is not None:
+                            dp[j] += g_p[j]
+                    continue
             with torch.enable_grad():
                 a_b = a[rs].detach().requires_grad_(need_a)
                 c_b = c[cs].detach().requires_grad_(need_c)
