@@ -58,6 +58,9 @@ def default_callbacks(
                 save_top_k=save_top_k,
                 every_n_train_steps=every_n_train_steps,
                 every_n_epochs=every_n_epochs if every_n_train_steps is None else None,
+                # save at the end of the training epoch even when validation runs less often (or never):
+                # otherwise Lightning only checkpoints after validation and a kill loses finished epochs
+                save_on_train_epoch_end=True,
             )
         )
     return callbacks

@@ -1,0 +1,15 @@
+"""Suite-wide settings.
+
+Torch and BLAS run with one intra-op thread in tests: the tensors here are tiny, and two threads on two shared
+cores made small ops 6-25x slower under load (thread hand-off dominates). Benchmarks in ``tools/`` set their
+own thread counts.
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
