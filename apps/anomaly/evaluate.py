@@ -1,0 +1,234 @@
+"""Scoring, baselines and the report (``report.json``, ``report.md``, PNG plots).
+
+Every method scores the task's test split; higher = more anomalous:
+
+* ``msc`` -- kNN (k = 2, squared L2 on normalised features) to the normal training features of the MSC
+  fine-tuned encoder;
+* ``knn_pretrained`` -- the same kNN on the pre-trained encoder (PANDA without fine-tuning; also the epoch-0
+  sanity check);
+* ``compactness`` -- the same kNN after the compactness (Deep-SVDD-like) fine-tune;
+* ``knn_bn_adapted`` -- (images) the pre-trained encoder with its BatchNorm statistics re-estimated on the
+  normal training images, no weight change: an ablation separating MSC's gradient from the BatchNorm shift
+  that any train-mode fine-tune on one class causes;
+* ``knn_raw`` -- kNN on the raw inputs (pixels / z-scored table features, not normalised);
+* ``isolation_forest`` -- scikit-learn's Isolation Forest (200 trees) fitted on the raw normal training inputs;
+* ``pyod_ecod`` -- PyOD's ECOD on the raw inputs, only when PyOD is installed.
+
+Metrics per task: ROC-AUC (``roc_auc``) and average precision with anomalies as positives
+(``average_precision``); the report's headline values are their means over tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apps.anomaly.config import AnomalyConfig
+from apps.anomaly.model import bn_adapted, embed
+from apps.anomaly.train import Experiment, Task, iter_fit, load_fitted
+from core.metrics.knn import knn_scores
+
+__all__ = ["task_scores", "summarize", "evaluate", "write_report", "METHOD_NAMES", "SHORT_NAMES"]
+
+METHOD_NAMES = {
+    "msc": "MSC (mean-shifted contrastive) + kNN",
+    "knn_pretrained": "kNN on pre-trained features (PANDA w/o fine-tune)",
+    "compactness": "compactness fine-tune (Deep-SVDD-like) + kNN",
+    "knn_bn_adapted": "kNN on pre-trained features, BatchNorm statistics re-estimated on the normal class "
+                      "(ablation: MSC without its gradient)",
+    "knn_raw": "kNN on raw inputs",
+    "isolation_forest": "Isolation Forest on raw inputs",
+    "pyod_ecod": "PyOD ECOD on raw inputs",
+}
+
+
+SHORT_NAMES = {
+    "msc": "MSC", "knn_pretrained": "kNN, pre-trained (PANDA w/o fine-tune)", "compactness": "compactness fine-tune",
+    "knn_bn_adapted": "kNN, BN re-estimated (ablation)", "knn_raw": "kNN, raw inputs",
+    "isolation_forest": "Isolation Forest, raw inputs", "pyod_ecod": "PyOD ECOD, raw inputs",
+}
+
+
+def _pyod_ecod() -> Any:
+    try:
+        from pyod.models.ecod import ECOD
+    except ImportError:
+        return None
+    return ECOD
+
+
+def task_scores(cfg: AnomalyConfig, task: Task, encoders: dict) -> dict[str, np.ndarray]:
+    """Test-split scores of every method for one task."""
+    scores: dict[str, np.ndarray] = {}
+    norm = cfg.knn_normalize(task.kind)
+    for key, name in (("msc", "msc"), ("pretrained", "knn_pretrained"), ("compact", "compactness")):
+        if key in encoders:
+            enc = encoders[key]
+            scores[name] = knn_scores(embed(enc, task.x_test, norm), embed(enc, task.x_train, norm), k=cfg.k,
+                                      normalize=norm)
+    if task.kind == "image" and "pretrained" in encoders:
+        enc = bn_adapted(encoders["pretrained"], task.x_train)
+        scores["knn_bn_adapted"] = knn_scores(embed(enc, task.x_test, norm), embed(enc, task.x_train, norm), k=cfg.k,
+                                              normalize=norm)
+    scores["knn_raw"] = knn_scores(task.raw_test if task.kind == "image" else task.x_test,
+                                   task.raw_train if task.kind == "image" else task.x_train,
+                                   k=cfg.k, normalize=False)
+    if cfg.isolation_forest:
+        from sklearn.ensemble import IsolationForest
+
+        forest = IsolationForest(n_estimators=200, random_state=cfg.seed, n_jobs=1).fit(task.raw_train)
+        scores["isolation_forest"] = -forest.score_samples(task.raw_test)
+    ecod = _pyod_ecod()
+    if ecod is not None:
+        scores["pyod_ecod"] = ecod().fit(task.raw_train).decision_function(task.raw_test)
+    return scores
+
+
+def _metrics(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    return {"roc_auc": float(roc_auc_score(y, s)), "average_precision": float(average_precision_score(y, s))}
+
+
+def summarize(per_task: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """``{method: {"roc_auc": mean, "average_precision": mean, "per_class": {task: {...}}}}``."""
+    methods = list(next(iter(per_task.values())))
+    out = {}
+    for m in methods:
+        rows = {t: per_task[t][m] for t in per_task}
+        out[m] = {"roc_auc": float(np.mean([r["roc_auc"] for r in rows.values()])),
+                  "average_precision": float(np.mean([r["average_precision"] for r in rows.values()])),
+                  "per_class": rows}
+    return out
+
+
+def _plots(out: Path, summary: dict, scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray],
+           kind: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    tasks = list(labels)
+    methods = list(summary)
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.25 * len(tasks) * len(methods) + 2)), 4.5))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        vals = [summary[m]["per_class"][t]["roc_auc"] for t in tasks]
+        ax.bar(np.arange(len(tasks)) + i * width - 0.4 + width / 2, vals, width,
+               label=f"{m} (mean {summary[m]['roc_auc']:.3f})")
+    tilt = kind == "table"
+    ax.set_xticks(np.arange(len(tasks)), tasks, rotation=30 if tilt else 0, ha="right" if tilt else "center")
+    low = min(summary[m]["per_class"][t]["roc_auc"] for m in methods for t in tasks)
+    ax.set(ylabel="ROC-AUC", ylim=(max(0.0, min(0.5, low) - 0.05), 1.0),
+           title=f"ROC-AUC per {'normal class' if kind == 'image' else 'table'}")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    p = out / "per_class_roc_auc.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    shown = tasks[:10]
+    cols = min(5, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.5, 3.2 * cols), 2.6 * rows + 0.4), squeeze=False)
+    for ax, t in zip(axes.flat, shown):
+        s, y = scores[t]["msc"], labels[t]
+        bins = np.linspace(s.min(), s.max(), 40)
+        ax.hist(s[y == 0], bins, alpha=0.6, density=True, label="normal")
+        ax.hist(s[y == 1], bins, alpha=0.6, density=True, label="anomaly")
+        ax.set_title(f"{t}: AUC {summary['msc']['per_class'][t]['roc_auc']:.3f}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("MSC kNN scores, test split (higher = more anomalous)", fontsize=9)
+    fig.tight_layout()
+    p = out / "msc_score_histograms.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def _markdown(report: dict, plots: list[Path], sanity: dict[str, float]) -> str:
+    methods = ["msc", *report["baselines"]]
+    allm = {"msc": report["metrics"], **report["baselines"]}
+    tasks = list(report["metrics"]["per_class"])
+    lines = [f"# Anomaly detection: {report['dataset']}", "",
+             f"One-class protocol. {report['protocol']}. Scores: kNN (k = {report['config']['k']}) squared L2 "
+             "distance to the normal training features.", "",
+             f"Wall time: {report['seconds']:.0f} s.", ""]
+    for metric, title in (("roc_auc", "ROC-AUC"), ("average_precision", "Average precision (anomaly = positive)")):
+        lines += [f"## {title}", "", "| normal | " + " | ".join(methods) + " |",
+                  "|---|" + "---|" * len(methods)]
+        for t in tasks:
+            vals = [allm[m]["per_class"][t][metric] for m in methods]
+            best = max(vals)
+            lines.append(f"| {t} | " + " | ".join(f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in vals) + " |")
+        means = [allm[m][metric] for m in methods]
+        lines.append("| **mean** | " + " | ".join(f"**{v:.4f}**" if v == max(means) else f"{v:.4f}" for v in means)
+                     + " |")
+        lines.append("")
+    lines += ["Methods: " + "; ".join(f"`{m}` = {METHOD_NAMES.get(m, m)}" for m in methods) + ".", "",
+              "Epoch-0 sanity ROC-AUC (kNN on pre-trained features, printed before fine-tuning): "
+              + ", ".join(f"{t}: {v:.3f}" for t, v in sanity.items()) + ".", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict, markdown: str) -> None:
+    """Write ``report.json`` and ``report.md`` atomically (no partial report if anything failed before)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("report.json", json.dumps(report, indent=2)), ("report.md", markdown)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
+def evaluate(cfg: AnomalyConfig, exp: Experiment, *, train: bool = False, log=print,
+             started: float | None = None) -> dict:
+    """Score every task with MSC and the baselines and write the report into ``exp.root``.
+
+    With ``train=True`` the missing stages are fitted first (fit + evaluate in one go); otherwise the
+    encoders saved by ``fit`` are loaded. Returns the report dict.
+    """
+    t0 = started if started is not None else time.perf_counter()
+    if train:
+        pairs = iter_fit(cfg, exp, log)
+    else:
+        pairs = ((task, load_fitted(cfg, exp, task)) for task in exp.tasks)
+    per_task, scores, labels, sanity = {}, {}, {}, {}
+    for task, encoders in pairs:
+        s = task_scores(cfg, task, encoders)
+        scores[task.name], labels[task.name] = s, task.y_test
+        per_task[task.name] = {m: _metrics(task.y_test, v) for m, v in s.items()}
+        sanity[task.name] = per_task[task.name]["knn_pretrained"]["roc_auc"]
+        log(f"[anomaly] {task.name}: " + ", ".join(f"{m} {r['roc_auc']:.4f}" for m, r in per_task[task.name].items()))
+    summary = summarize(per_task)
+    report = {
+        "app": "anomaly",
+        "dataset": exp.dataset,
+        "method": "msc",
+        "metrics": summary["msc"],
+        "baselines": {m: v for m, v in summary.items() if m != "msc"},
+        "seconds": time.perf_counter() - t0,
+        "config": {**cfg.to_dict(), "finetune_lr": cfg.finetune_lr(exp.kind)},
+        "protocol": exp.protocol,
+        "epoch0_sanity_roc_auc": sanity,
+    }
+    plots = _plots(exp.root, summary, scores, labels, exp.kind)
+    write_report(exp.root, report, _markdown(report, plots, sanity))
+    report["plots"] = [str(p) for p in plots]
+    log("[anomaly] mean ROC-AUC: " + ", ".join(f"{m} {v['roc_auc']:.4f}" for m, v in summary.items()))
+    log(f"[anomaly] report: {exp.root / 'report.json'}, {exp.root / 'report.md'}")
+    return report
