@@ -29,7 +29,7 @@ IMPLS = {
 }
 TEMPERATURE = 0.1
 SIGLIP_SCALE, SIGLIP_BIAS = 10.0, -10.0
-DEFAULT_TILE = (1024, 4096)  # the tiles "auto" falls back to; "ours_tiled" uses them explicitly
+DEFAULT_TILE = (1024, 4096)  # explicit tiles of "ours_tiled" ("auto" falls back to core DEFAULT_TILE)
 
 
 def _rss_bytes() -> int:
