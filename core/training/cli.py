@@ -1,13 +1,12 @@
 """The config convention of apps: LightningCLI with YAML configs and resumable runs.
 
-An app's ``__main__.py`` is two lines::
+An app's ``__main__.py`` is a few lines (shown as a doctest so that ``core`` itself never imports an app)::
 
-    from core.training.cli import run_cli
-    from apps.myapp.model import MyModel
-    from apps.myapp.data import MyData
-
-    if __name__ == "__main__":
-        run_cli(MyModel, MyData)
+    >>> from core.training.cli import run_cli
+    >>> from apps.myapp.model import MyModel
+    >>> from apps.myapp.data import MyData
+    >>> if __name__ == "__main__":
+    ...     run_cli(MyModel, MyData)
 
 and is run as ``python -m apps.myapp fit --config apps/myapp/configs/quick.yaml`` (any option can be
 overridden on the command line, e.g. ``--trainer.max_epochs=5 --model.lr=3e-4``;
