@@ -94,6 +94,8 @@ def info_nce(
     check_positive("temperature", temperature)
     check_margin(margin, margin_type)
     check_choice("similarity", similarity, ("cosine", "dot"))
+    if margin_type == "angular" and margin != 0.0 and similarity != "cosine":
+        raise ValueError("an angular margin needs cosine similarity (it acts on the angle); got similarity='dot'")
     check_reduction(reduction)
     if negatives is not None:
         check_embeddings("negatives", negatives)

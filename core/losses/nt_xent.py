@@ -53,6 +53,8 @@ def nt_xent(
     check_positive("temperature", temperature)
     check_margin(margin, margin_type)
     check_choice("similarity", similarity, ("cosine", "dot"))
+    if margin_type == "angular" and margin != 0.0 and similarity != "cosine":
+        raise ValueError("an angular margin needs cosine similarity (it acts on the angle); got similarity='dot'")
     check_reduction(reduction)
     N = z1.shape[0]
     if N * (world_size() if gather else 1) < 2:

@@ -172,3 +172,10 @@ def test_anchors_without_positives():
 def test_bad_options(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("fn", [info_nce, nt_xent])
+def test_angular_margin_needs_cosine_similarity(fn):
+    with pytest.raises(ValueError, match="angular margin needs cosine"):
+        fn(X, Y, margin=0.1, margin_type="angular", similarity="dot")
+    fn(X, Y, margin=0.1, margin_type="additive", similarity="dot")  # additive margins are fine with dot
