@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_choice, check_embeddings, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
-from core.losses.info_nce import world_size
 from core.losses.sup_con import flatten_views
+from core.negatives.distributed import world_size
 
 __all__ = ["con_r", "ConR"]
 

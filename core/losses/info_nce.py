@@ -35,15 +35,10 @@ from core.losses._checks import (
     reduce,
 )
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+from core.negatives.distributed import world_size
 
-__all__ = ["info_nce", "InfoNCE", "check_margin", "world_size"]
+__all__ = ["info_nce", "InfoNCE", "check_margin"]
 
-
-def world_size() -> int:
-    """Number of ranks of the default process group (1 when not distributed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
 
 
 def check_margin(margin: float, margin_type: str) -> None:

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_embeddings, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
-from core.losses.info_nce import world_size
 from core.losses.sup_con import flatten_views, instance_labels
+from core.negatives.distributed import world_size
 
 __all__ = ["multi_view_info_nce", "MultiViewInfoNCE"]
 

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_choice, check_pair, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
-from core.losses.info_nce import check_margin, world_size
+from core.losses.info_nce import check_margin
+from core.negatives.distributed import world_size
 
 __all__ = ["nt_xent", "NTXent"]
 

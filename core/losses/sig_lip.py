@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_pair, check_positive, check_reduction, reduce
 from core.losses.engine import prepare, reduce_pairs
-from core.losses.info_nce import world_size
+from core.negatives.distributed import world_size
 from core.negatives.execution import Block
 
 __all__ = ["sig_lip", "SigLIP", "sig_lip_block"]

@@ -8,6 +8,7 @@ from core.negatives.distributed import (
     gather_sizes,
     rank_offset,
     ring_pair_reduce,
+    world_size,
 )
 from core.negatives.execution import Block, pair_reduce, resolve_tile_size, safe_logsumexp
 from core.negatives.grad_cache import GradCache, RngState, grad_cache_step
@@ -36,6 +37,7 @@ __all__ = [
     "info_nce_with_synthetic",
     "mix_hard_negatives",
     "synthetic_logits",
+    "world_size",
     "all_gather_with_grad",
     "gather_candidates",
     "gather_sizes",

@@ -78,6 +78,11 @@ def _rank_world(group=None) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def world_size(group=None) -> int:
+    """Number of ranks in ``group`` (the default group); 1 without an initialised process group."""
+    return _rank_world(group)[1]
+
+
 def _global_rank(group, rank: int) -> int:
     """Rank in the default group of ``rank`` in ``group`` (P2P calls address global ranks)."""
     if group is None or group is dist.group.WORLD:
