@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from core.losses._checks import check_choice, check_embeddings, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.sup_con import flatten_views
-from core.negatives.distributed import world_size
+from core.negatives.distributed import agree_on_input_errors, world_size
 
 __all__ = ["con_r", "ConR"]
 
@@ -70,6 +70,7 @@ def _per_view(name: str, x: Tensor, B: int, V: int, label_shape: tuple[int, ...]
     )
 
 
+@agree_on_input_errors
 def con_r(
     features: Tensor,
     labels: Tensor,

@@ -31,10 +31,12 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_embeddings, check_positive, check_reduction
 from core.losses.engine import ContrastSpec, run_contrast, to_scale
+from core.negatives.distributed import agree_on_input_errors
 
 __all__ = ["cpc", "CPC"]
 
 
+@agree_on_input_errors
 def cpc(
     context: Tensor,
     future: Tensor,

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_pair, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+from core.negatives.distributed import agree_on_input_errors
 
 __all__ = ["cwcl", "CWCL"]
 
@@ -51,6 +52,7 @@ def _check_weights(weights: Tensor, rows: int, cols: int) -> Tensor:
     return w
 
 
+@agree_on_input_errors
 def cwcl(
     a: Tensor,
     b: Tensor,

@@ -35,7 +35,7 @@ from core.losses._checks import (
     reduce,
 )
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
-from core.negatives.distributed import world_size
+from core.negatives.distributed import agree_on_input_errors, world_size
 
 __all__ = ["info_nce", "InfoNCE", "check_margin"]
 
@@ -49,6 +49,7 @@ def check_margin(margin: float, margin_type: str) -> None:
         raise ValueError(f"angular margin must be < pi, got {margin}")
 
 
+@agree_on_input_errors
 def info_nce(
     query: Tensor,
     key: Tensor,

@@ -42,10 +42,12 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_pair, check_positive, check_reduction, reduce
 from core.losses.nt_xent import nt_xent
+from core.negatives.distributed import agree_on_input_errors
 
 __all__ = ["mean_shifted", "MeanShifted"]
 
 
+@agree_on_input_errors
 def mean_shifted(
     z1: Tensor,
     z2: Tensor,

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from core.losses._checks import check_embeddings, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.sup_con import flatten_views, instance_labels
-from core.negatives.distributed import world_size
+from core.negatives.distributed import agree_on_input_errors, world_size
 
 __all__ = ["multi_view_info_nce", "MultiViewInfoNCE"]
 
@@ -55,6 +55,7 @@ def _stack_views(views: Tensor | Sequence[Tensor]) -> Tensor:
     return torch.stack(views, 1)
 
 
+@agree_on_input_errors
 def multi_view_info_nce(
     views: Tensor | Sequence[Tensor],
     *,

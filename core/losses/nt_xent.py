@@ -24,11 +24,12 @@ from torch import Tensor, nn
 from core.losses._checks import check_choice, check_pair, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.info_nce import check_margin
-from core.negatives.distributed import world_size
+from core.negatives.distributed import agree_on_input_errors, world_size
 
 __all__ = ["nt_xent", "NTXent"]
 
 
+@agree_on_input_errors
 def nt_xent(
     z1: Tensor,
     z2: Tensor,

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_pair, check_positive, check_reduction, reduce
 from core.losses.engine import prepare, reduce_pairs
-from core.negatives.distributed import world_size
+from core.negatives.distributed import agree_on_input_errors, world_size
 from core.negatives.execution import Block
 
 __all__ = ["sig_lip", "SigLIP", "sig_lip_block"]
@@ -65,6 +65,7 @@ def _as_scalar(name: str, value: float | Tensor, like: Tensor) -> Tensor:
     return torch.tensor(float(value), dtype=like.dtype, device=like.device)
 
 
+@agree_on_input_errors
 def sig_lip(
     a: Tensor,
     b: Tensor,

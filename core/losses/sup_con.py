@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_choice, check_embeddings, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
-from core.negatives.distributed import world_size
+from core.negatives.distributed import agree_on_input_errors, world_size
 
 __all__ = ["sup_con", "SupCon", "flatten_views", "instance_labels"]
 
@@ -53,6 +53,7 @@ def instance_labels(B: int, V: int, gather: bool | str, device: torch.device) ->
     return (torch.arange(B, device=device) + offset).repeat(V)
 
 
+@agree_on_input_errors
 def sup_con(
     features: Tensor,
     labels: Tensor | None = None,

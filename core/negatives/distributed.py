@@ -51,8 +51,10 @@ the single-process computation.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -61,6 +63,7 @@ from torch import Tensor
 from core.negatives.execution import _KINDS, BlockFn, BlockWalk, _init, pair_reduce, resolve_tile_size
 
 __all__ = [
+    "agree_on_input_errors",
     "all_gather_no_grad",
     "all_gather_with_grad",
     "gather_candidates",
@@ -90,6 +93,75 @@ def _global_rank(group, rank: int) -> int:
     return dist.get_global_rank(group, rank)
 
 
+def _backend_device(group=None) -> torch.device:
+    """A device the backend can communicate from: the current CUDA device under NCCL, the CPU otherwise."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------ input errors agreed by every rank
+#
+# A loss with ``gather`` validates its local inputs and then enters a collective. If one rank's input is
+# bad (NaN, wrong shape ...) and it raises before the collective, the other ranks would wait in that
+# collective forever. :func:`agree_on_input_errors` wraps a loss so that the ranks first exchange one
+# flag each: immediately before the loss's first collective (:func:`gather_sizes`, through which every
+# gathering path passes) on ranks whose checks passed, or instead of it on a rank whose checks raised.
+# Every rank then raises together: the failing one its own error, the others a ValueError naming it.
+
+_CHECKS_PENDING: contextvars.ContextVar[bool] = contextvars.ContextVar("core_checks_pending", default=False)
+
+
+def _exchange_failure_flags(failed: bool) -> list[int]:
+    """All-reduce one flag per rank (default group); returns the ranks that failed."""
+    rank, world = _rank_world()
+    flags = torch.zeros(world, dtype=torch.int32, device=_backend_device())
+    flags[rank] = int(failed)
+    dist.all_reduce(flags)
+    return [r for r in range(world) if int(flags[r])]
+
+
+def _settle_pending_checks() -> None:
+    """Called before a collective: if the enclosing loss has not yet agreed with the other ranks that
+    every rank's input passed its checks, do it now (a no-op outside :func:`agree_on_input_errors`)."""
+    if not _CHECKS_PENDING.get():
+        return
+    _CHECKS_PENDING.set(False)
+    failed = _exchange_failure_flags(False)
+    if failed:
+        raise ValueError(f"the input of rank(s) {failed} failed validation (see the error raised there); "
+                         "this rank stops too rather than wait in a collective")
+
+
+def agree_on_input_errors(fn: Callable) -> Callable:
+    """Decorator for a loss taking ``gather=``: an input error raised on one rank before the first
+    collective is raised on every rank (see the comment above) instead of leaving the others hanging.
+    Costs one all-reduce of ``world`` ints per call in distributed mode; nothing otherwise."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not kwargs.get("gather") or _CHECKS_PENDING.get() or world_size() == 1:
+            return fn(*args, **kwargs)  # single-process, or nested inside a loss that already agrees
+        token = _CHECKS_PENDING.set(True)
+        try:
+            out = fn(*args, **kwargs)
+        except Exception:
+            if _CHECKS_PENDING.get():  # raised before any collective: tell the others, then raise
+                _CHECKS_PENDING.set(False)
+                _exchange_failure_flags(True)
+            raise
+        finally:
+            pending = _CHECKS_PENDING.get()
+            _CHECKS_PENDING.reset(token)
+        if pending:  # finished without a collective: still take part in the exchange the others expect
+            failed = _exchange_failure_flags(False)
+            if failed:
+                raise ValueError(f"the input of rank(s) {failed} failed validation (see the error raised there)")
+        return out
+
+    return wrapper
+
+
 def gather_sizes(n: int, device: torch.device | None = None, group=None) -> list[int]:
     """Every rank's ``n`` (e.g. its local batch size), in rank order; ``[n]`` without a process group.
 
@@ -99,9 +171,9 @@ def gather_sizes(n: int, device: torch.device | None = None, group=None) -> list
     _, world = _rank_world(group)
     if world == 1:
         return [n]
+    _settle_pending_checks()
     if device is None:
-        nccl = dist.get_backend(group) == "nccl"
-        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        device = _backend_device(group)
     mine = torch.tensor([n], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(sizes, mine, group=group)

@@ -501,3 +501,26 @@ def lightning_reference(world: int) -> dict:
 
 def as_tensor(x) -> torch.Tensor:
     return torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+
+
+def bad_input_task(rank: int, world: int, loss: str, gather, bad_rank: int) -> dict:
+    """Call a loss with ``gather`` where only ``bad_rank``'s input is invalid (a NaN); every rank must
+    raise (instead of the valid ranks waiting in a collective), then the group must still work."""
+    from core.losses import info_nce, sup_con
+
+    gen = torch.Generator().manual_seed(rank)
+    x, y = torch.randn(4, 3, generator=gen, dtype=DTYPE), torch.randn(4, 3, generator=gen, dtype=DTYPE)
+    if rank == bad_rank:
+        x[1, 2] = float("nan")
+    try:
+        if loss == "info_nce":
+            info_nce(x, y, gather=gather)
+        else:
+            sup_con(torch.stack([x, y], 1), torch.tensor([0, 1, 0, 1]), gather=gather)
+        error = None
+    except ValueError as e:
+        error = str(e)
+    # the process group is still usable afterwards: a valid call completes on every rank
+    ok = info_nce(torch.randn(4, 3, generator=gen, dtype=DTYPE), torch.randn(4, 3, generator=gen, dtype=DTYPE),
+                  gather=gather)
+    return {"error": error, "after": float(ok)}

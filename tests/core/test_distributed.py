@@ -11,6 +11,8 @@ references are computed in the pytest process, which never initialises ``torch.d
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from _dist_helpers import (
@@ -242,3 +244,14 @@ def test_lightning_ddp_matches_single_process(lightning_pool, gather):
     for r, weights in enumerate(out):
         for name, w in ref.items():
             _close(weights[name], w, f"rank {r} final {name}", rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["info_nce", "sup_con"])
+@pytest.mark.parametrize("gather", [True, "ring"], ids=["gather", "ring"])
+def test_invalid_input_on_one_rank_raises_on_every_rank(pool2, loss, gather):
+    """A NaN on rank 1 raises there (naming the NaN) and on rank 0 (naming rank 1) instead of rank 0
+    waiting forever in the all-gather; the group stays usable for the next call."""
+    got = pool2.run("bad_input_task", loss, gather, 1)
+    assert got[1]["error"] is not None and ("NaN" in got[1]["error"] or "finite" in got[1]["error"])
+    assert got[0]["error"] is not None and "rank(s) [1]" in got[0]["error"]
+    assert all(math.isfinite(g["after"]) for g in got)
