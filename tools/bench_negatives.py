@@ -361,7 +361,7 @@ def _status_cell(r: dict) -> str:
         m = re.search(r"allocate (\d+) bytes", r.get("error", ""))
         return "OOM" + (f" (alloc {int(m.group(1)) / GIB:.0f} GiB > cap)" if m else "")
     if st == "oom_est":
-        return f"OOM est. ({r.get('est_delta_peak_gib', '?')} GiB), not run"
+        return f"OOM est. ({r.get('est_delta_peak_gib', '?')} GiB > cap {r.get('cap_gib', '?'):g} GiB), not run"
     if st == "skipped_time":
         e = r.get("est_time_s")
         return "skipped (time" + (f", est. {e:.0f} s" if e else "") + ")"
