@@ -1,0 +1,398 @@
+r"""SASRec backbone, sequence augmentations, the contrastive terms of CL4SRec / DuoRec / MCLRec, and the
+Lightning module that trains all four methods with one recommendation loss.
+
+Backbone (SASRec, Kang & McAuley, ICDM 2018, in the RecBole form used by DuoRec and MCLRec): item embedding
+:math:`M \in R^{(|I|+1) \times d}` (row 0 = padding), learned positions, LayerNorm + dropout on the input, a
+causal post-LN Transformer (GELU, inner size 4d), and :math:`h_t` = the hidden state at position ``t``.
+Sequences are right-padded, so the causal mask alone keeps every valid position away from padding.
+
+Recommendation loss (every method): full-softmax cross-entropy over all items,
+:math:`L_{rec} = -\log \operatorname{softmax}(h_t M^\top)[s_{t+1}]`, at **every** position of the training
+sequence (all-position training: one pass serves the n-1 next-item targets of a sequence that the prefix
+formulation of the papers would feed as n-1 samples). The logits are :math:`H M^\top` on the valid positions
+only, never a B x |I| x d tensor.
+
+Contrastive terms on the last-position representation :math:`h` of a sequence (dot product, tau = 1):
+
+* CL4SRec (Xie et al., ICDE 2022): two views from two different operators of {crop, mask, reorder};
+  :math:`L = L_{rec} + \lambda\,\text{NT-Xent}(\tilde h_1, \tilde h_2)` (:func:`core.losses.nt_xent`).
+* DuoRec (Qiu et al., WSDM 2022): an unsupervised dropout view of the sequence (a second forward pass) and a
+  supervised view, another training prefix with the same next item; the loss is SupCon-style over the 2B
+  views with the target item as label, so same-target rows are positives and never negatives (false-negative
+  masking): :func:`supervised_dot_contrast` on :func:`core.losses.engine.run_contrast`.
+* MCLRec (Qin et al., SIGIR 2023): learnable augmenters :math:`w_{\phi_1}, w_{\phi_2}` (64 -> 32 -> 16 -> 64,
+  GELU, L2-normalised), :math:`L_{cl1} = L_{con}(\tilde h_1, \tilde h_2)`,
+  :math:`L_{cl2} = L_{con}(\tilde z_1, \tilde z_2) + L_{con}(\tilde h_1, \tilde z_2) + L_{con}(\tilde h_2, \tilde z_1)`
+  and the regulariser :math:`R` (:func:`mclrec_regularizer`); encoder loss
+  :math:`L_0 = L_{rec} + \lambda L_{cl1} + \beta (L_{cl2} + 0.1 R)`, augmenter loss :math:`L_{cl2} + 0.1 R`,
+  three optimiser steps per batch (encoder, augmenters, encoder).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.losses import nt_xent
+from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+from core.training import ContrastiveModule
+
+__all__ = ["SASRec", "Augmenter", "augment_views", "crop", "mask", "reorder", "supervised_dot_contrast",
+           "mclrec_regularizer", "SeqRecModule", "METHODS", "last_hidden"]
+
+METHODS = ("sasrec", "cl4srec", "duorec", "mclrec")
+
+
+class SASRec(nn.Module):
+    """Causal self-attention sequence encoder; ``forward(items (B, L)) -> hidden states (B, L, d)``."""
+
+    def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, max_len: int = 50,
+                 dropout: float = 0.5, inner: int | None = None) -> None:
+        super().__init__()
+        self.n_items, self.max_len = n_items, max_len
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, heads, inner or 4 * dim, dropout, activation="gelu",
+                                           batch_first=True, norm_first=False, layer_norm_eps=1e-12)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        # RecBole / BERT initialisation: N(0, 0.02) weights, zero biases
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+
+    def forward(self, items: Tensor) -> Tensor:
+        L = items.shape[1]
+        if L > self.max_len:
+            raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
+        x = self.item_emb(items) + self.pos_emb.weight[:L]
+        x = self.drop(self.norm(x))
+        causal = torch.triu(torch.full((L, L), float("-inf"), device=items.device), diagonal=1)
+        return self.blocks(x, mask=causal, is_causal=True)
+
+    def item_weights(self) -> Tensor:
+        """The output embedding table M (tied with the input), (|I| + 1, d)."""
+        return self.item_emb.weight
+
+
+def last_hidden(hidden: Tensor, lengths: Tensor) -> Tensor:
+    """Hidden state at the last valid position of each right-padded sequence: (B, L, d) -> (B, d)."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+
+
+# ------------------------------------------------------------------------------------------- augmentations
+# All three act on a right-padded batch (B, L) with lengths (B,), vectorised (no per-sequence Python loop), and
+# return (items, lengths). Rates as in CL4SRec / MCLRec: crop keeps floor(eta L), mask zeroes floor(gamma L),
+# reorder shuffles a span of floor(beta L); a sequence of length 1 is left unchanged.
+
+def _positions(items: Tensor) -> Tensor:
+    return torch.arange(items.shape[1], device=items.device).expand_as(items)
+
+
+def crop(items: Tensor, lengths: Tensor, eta: float = 0.5, generator: torch.Generator | None = None
+         ) -> tuple[Tensor, Tensor]:
+    """Keep a random contiguous span of ``max(1, floor(eta L))`` items, moved to the front."""
+    keep = torch.clamp((eta * lengths.double()).floor().long(), min=1)
+    start = (torch.rand(lengths.shape, generator=generator, device=items.device) * (lengths - keep + 1)).long()
+    pos = _positions(items)
+    src = (start[:, None] + pos).clamp(max=items.shape[1] - 1)
+    out = torch.where(pos < keep[:, None], items.gather(1, src), torch.zeros_like(items))
+    return out, keep
+
+
+def mask(items: Tensor, lengths: Tensor, gamma: float = 0.5, generator: torch.Generator | None = None
+         ) -> tuple[Tensor, Tensor]:
+    """Set ``floor(gamma L)`` random positions to the padding id 0 (no [mask] token, as in MCLRec)."""
+    n_mask = (gamma * lengths.double()).floor().long()
+    pos = _positions(items)
+    r = torch.rand(items.shape, generator=generator, device=items.device)
+    r = torch.where(pos < lengths[:, None], r, torch.full_like(r, 2.0))  # padding never chosen
+    rank = r.argsort(1).argsort(1)
+    return torch.where(rank < n_mask[:, None], torch.zeros_like(items), items), lengths
+
+
+def reorder(items: Tensor, lengths: Tensor, beta: float = 0.8, generator: torch.Generator | None = None
+            ) -> tuple[Tensor, Tensor]:
+    """Shuffle a random contiguous span of ``floor(beta L)`` items (sorting random keys inside the span)."""
+    span = (beta * lengths.double()).floor().long()
+    start = (torch.rand(lengths.shape, generator=generator, device=items.device) * (lengths - span + 1)).long()
+    pos = _positions(items)
+    inside = (pos >= start[:, None]) & (pos < (start + span)[:, None])
+    # inside keys lie in (start - 1/2, start + span - 1/2): they sort among themselves, outside keys stay put
+    u = torch.rand(items.shape, generator=generator, device=items.device)
+    key = torch.where(inside, start[:, None].double() - 0.5 + u.double() * span[:, None].double(), pos.double())
+    return items.gather(1, key.argsort(1)), lengths
+
+
+_OPS = (crop, mask, reorder)
+
+
+def augment_views(items: Tensor, lengths: Tensor, eta: float = 0.5, gamma: float = 0.5, beta: float = 0.8,
+                  generator: torch.Generator | None = None) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Two views per sequence from two *different* operators of {crop, mask, reorder} (drawn per sequence)."""
+    B = items.shape[0]
+    choice = torch.rand(B, 3, generator=generator, device=items.device).argsort(1)[:, :2]  # 2 distinct ops
+    rates = (eta, gamma, beta)
+    views = []
+    for v in range(2):
+        out_items, out_len = items.clone(), lengths.clone()
+        for k, op in enumerate(_OPS):
+            sel = choice[:, v] == k
+            if sel.any():
+                a, b = op(items[sel], lengths[sel], rates[k], generator=generator)
+                out_items[sel], out_len[sel] = a, b
+        views.append((out_items, out_len))
+    return views[0], views[1]
+
+
+# ------------------------------------------------------------------------------------------- contrastive terms
+def supervised_dot_contrast(z1: Tensor, z2: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+    r"""DuoRec's contrastive term: SupCon structure over the 2B views ``[z1; z2]`` with dot-product similarity.
+
+    For anchor ``a`` with label :math:`y_a` (the next item), positives :math:`P(a) = \{p \ne a: y_p = y_a\}`
+    (its other view and any same-target row), candidates every view but itself:
+
+    .. math::
+        \ell_a = -\frac{1}{|P(a)|}\sum_{p\in P(a)}
+            \log\frac{e^{z_a\cdot z_p/\tau}}{\sum_{k\ne a} e^{z_a\cdot z_k/\tau}}
+
+    so a same-target row is never a negative (DuoRec's false-negative masking). Computed by the core engine
+    (:func:`core.losses.engine.run_contrast`, ``positive="label"``), i.e. :func:`core.losses.sup_con` with dot
+    instead of cosine similarity.
+    """
+    z = prepare(torch.cat([z1, z2]), "dot")
+    y = labels.repeat(2)
+    ids = torch.arange(z.shape[0], device=z.device)
+    spec = ContrastSpec(positive="label", exclude_self=True)
+    row, _ = run_contrast(spec, z, z, to_scale(temperature, z), row_meta={"label": y, "self_id": ids},
+                          col_meta={"label": y})
+    return (row[:, 0] - row[:, 1] / row[:, 2].clamp_min(1)).mean()
+
+
+def mclrec_regularizer(a: Tensor, b: Tensor) -> Tensor:
+    r"""MCLRec's contrastive regulariser R (Eqs. 11-13), per anchor row as in the authors' code.
+
+    Scores :math:`\sigma = [a; b][a; b]^\top` (dot product); for each of the 2B anchors, :math:`\sigma^+` its
+    partner's score and :math:`\sigma^-` the 2B - 2 others (self excluded),
+    :math:`o_{min} = \min(\sigma^+, \max\sigma^-)`, :math:`o_{max} = \max(\sigma^+, \max\sigma^-)`,
+    :math:`R = \operatorname{mean}[\sigma^+ - o_{min}]_+ + \operatorname{mean}[o_{max} - \sigma^-]_+`.
+    """
+    z = torch.cat([a, b])
+    n = z.shape[0]
+    sim = z @ z.T
+    idx = torch.arange(n, device=z.device)
+    partner = (idx + n // 2) % n
+    pos = sim[idx, partner]
+    neg_mask = torch.ones_like(sim, dtype=torch.bool)
+    neg_mask[idx, idx] = False
+    neg_mask[idx, partner] = False
+    neg = sim.masked_fill(~neg_mask, float("-inf"))
+    max_neg = neg.max(1).values
+    o_min = torch.minimum(pos, max_neg)
+    o_max = torch.maximum(pos, max_neg)
+    r_pos = F.relu(pos - o_min).mean()
+    r_neg = (F.relu(o_max[:, None] - sim) * neg_mask).sum() / neg_mask.sum()
+    return r_pos + r_neg
+
+
+class Augmenter(nn.Module):
+    """MCLRec's learnable model augmenter: d -> 32 -> 16 -> d with GELU after the first two layers, L2-normalised."""
+
+    def __init__(self, dim: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, 16), nn.GELU(), nn.Linear(16, dim))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return F.normalize(self.net(h), dim=-1)
+
+
+# ------------------------------------------------------------------------------------------- lightning module
+class SeqRecModule(ContrastiveModule):
+    """One module for SASRec, CL4SRec, DuoRec and MCLRec (``method``); the same CE loss and evaluation.
+
+    Batches (from :class:`apps.recommendation.train.TrainBatches`): ``items`` (B, L) right-padded inputs,
+    ``targets`` (B, L) next items (0 = none), ``lengths`` (B,); DuoRec adds ``same_items`` / ``same_lengths``
+    (a training prefix with the same last target per row) and ``last_target`` (B,).
+    Validation batches: ``items``, ``lengths``, ``target`` (B,), ``seen`` (B, L') items to exclude.
+    """
+
+    _hparams_ignore = ("encoder", "projection_head", "pop")
+
+    def __init__(self, n_items: int, method: str = "sasrec", *, dim: int = 64, layers: int = 2, heads: int = 2,
+                 max_len: int = 50, dropout: float = 0.5, lam: float = 0.1, beta: float = 0.05,
+                 reg_weight: float = 0.1, tau: float = 1.0, eta: float = 0.5, gamma: float = 0.5,
+                 reorder_beta: float = 0.8, lr: float = 1e-3, weight_decay: float = 0.0,
+                 exclude_seen: bool = True, ks: tuple[int, ...] = (5, 10, 20)) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        super().__init__(SASRec(n_items, dim, layers, heads, max_len, dropout), None, optimizer="adam", lr=lr,
+                         weight_decay=weight_decay, scheduler="constant", log_diagnostics=False)
+        self.method, self.lam, self.beta, self.reg_weight, self.tau = method, lam, beta, reg_weight, tau
+        self.rates = (eta, gamma, reorder_beta)
+        self.exclude_seen, self.ks = exclude_seen, tuple(ks)
+        if method == "mclrec":
+            self.aug1, self.aug2 = Augmenter(dim), Augmenter(dim)
+            self.automatic_optimization = False
+        self._val: list[Tensor] = []
+
+    # --------------------------------------------------------------------------------------------- pieces
+    def rec_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """Full-softmax CE at every valid position: logits (n_valid, |I| + 1) = H M^T, padding column masked."""
+        valid = targets > 0
+        h = hidden[valid]
+        logits = h @ self.encoder.item_weights().T
+        logits[:, 0] = float("-inf")
+        return F.cross_entropy(logits, targets[valid])
+
+    def encode_last(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return last_hidden(self.encoder(items), lengths)
+
+    def _augment(self, batch: dict) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        return augment_views(batch["items"], batch["lengths"], *self.rates)
+
+    def _encode_views(self, views: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        (i1, l1), (i2, l2) = views
+        return self.encode_last(i1, l1), self.encode_last(i2, l2)
+
+    def _views(self, batch: dict) -> tuple[Tensor, Tensor]:
+        return self._encode_views(self._augment(batch))
+
+    def _con(self, a: Tensor, b: Tensor) -> Tensor:
+        return nt_xent(a, b, temperature=self.tau, similarity="dot")
+
+    def _mcl_terms(self, views: tuple) -> tuple[Tensor, Tensor, Tensor]:
+        """(L_cl1, L_cl2, R) of MCLRec on the batch's augmented sequences ``views``."""
+        h1, h2 = self._encode_views(views)
+        z1, z2 = self.aug1(h1), self.aug2(h2)
+        l_cl1 = self._con(h1, h2) if self.lam > 0 else h1.new_zeros(())
+        l_cl2 = self._con(z1, z2) + self._con(h1, z2) + self._con(h2, z1)
+        reg = mclrec_regularizer(h1, z2) + mclrec_regularizer(h2, z1) + mclrec_regularizer(z1, z2)
+        return l_cl1, l_cl2, reg
+
+    # --------------------------------------------------------------------------------------------- training
+    def contrastive_step(self, batch: dict) -> dict[str, Tensor]:
+        hidden = self.encoder(batch["items"])
+        loss = self.rec_loss(hidden, batch["targets"])
+        out = {"rec": loss.detach()}
+        if self.method == "cl4srec" and self.lam > 0:
+            h1, h2 = self._views(batch)
+            cl = self._con(h1, h2)
+            loss = loss + self.lam * cl
+            out["cl"] = cl.detach()
+        elif self.method == "duorec" and self.lam > 0:
+            z1 = self.encode_last(batch["items"], batch["lengths"])  # unsupervised: another dropout mask
+            z2 = self.encode_last(batch["same_items"], batch["same_lengths"])  # supervised: same next item
+            cl = supervised_dot_contrast(z1, z2, batch["last_target"], self.tau)
+            loss = loss + self.lam * cl
+            out["cl"] = cl.detach()
+        out["loss"] = loss
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        if self.method != "mclrec":
+            out = self.contrastive_step(batch)
+            self.log("train/rec", out["rec"], on_step=True, prog_bar=False)
+            if "cl" in out:
+                self.log("train/cl", out["cl"], on_step=True, prog_bar=False)
+            return self._log_step("train", out)
+        opt_enc, opt_aug = self.optimizers()
+        aug_params = list(self.aug1.parameters()) + list(self.aug2.parameters())
+        views = self._augment(batch)  # one pair of augmented sequences per batch, re-encoded at every step
+
+        def encoder_step() -> Tensor:
+            for p in aug_params:
+                p.requires_grad_(False)
+            l_cl1, l_cl2, reg = self._mcl_terms(views)
+            rec = self.rec_loss(self.encoder(batch["items"]), batch["targets"])
+            loss = rec + self.lam * l_cl1 + self.beta * (l_cl2 + self.reg_weight * reg)
+            opt_enc.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt_enc.step()
+            for p in aug_params:
+                p.requires_grad_(True)
+            return loss
+
+        encoder_step()
+        # augmenter step: views recomputed with the updated encoder; only phi_1, phi_2 move. The encoder's
+        # gradient from this loss would be discarded (its optimiser does not step), so it is not computed.
+        with torch.no_grad():
+            h1, h2 = self._encode_views(views)
+        z1, z2 = self.aug1(h1), self.aug2(h2)
+        l_cl2 = self._con(z1, z2) + self._con(h1, z2) + self._con(h2, z1)
+        reg = mclrec_regularizer(h1, z2) + mclrec_regularizer(h2, z1) + mclrec_regularizer(z1, z2)
+        opt_aug.zero_grad(set_to_none=True)
+        self.manual_backward(l_cl2 + self.reg_weight * reg)
+        opt_aug.step()
+        loss = encoder_step()
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True)
+        self.log("train/aug_loss", (l_cl2 + self.reg_weight * reg).detach(), on_step=True)
+        return None
+
+    def configure_optimizers(self) -> Any:
+        if self.method != "mclrec":
+            return super().configure_optimizers()
+        wd = self.optim_config["weight_decay"]
+        enc = torch.optim.Adam(self.encoder.parameters(), lr=self.optim_config["lr"], weight_decay=wd)
+        aug = torch.optim.Adam(list(self.aug1.parameters()) + list(self.aug2.parameters()),
+                               lr=self.optim_config["lr"], weight_decay=wd)
+        return [enc, aug]
+
+    # --------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def score_all(self, items: Tensor, lengths: Tensor, seen: Tensor | None = None) -> Tensor:
+        """Full-ranking scores (B, |I| + 1) of every item; padding and (optionally) ``seen`` items get -inf."""
+        scores = self.encode_last(items, lengths) @ self.encoder.item_weights().T
+        scores[:, 0] = float("-inf")
+        if seen is not None:
+            scores.scatter_(1, seen, float("-inf"))
+            scores[:, 0] = float("-inf")
+        return scores
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        seen = batch["seen"] if self.exclude_seen else None
+        self._val.append(target_ranks(self.score_all(batch["items"], batch["lengths"], seen), batch["target"]))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        ranks = torch.cat(self._val)
+        self._val = []
+        for name, v in ranking_metrics(ranks, self.ks).items():
+            self.log(f"val/{name}", v, prog_bar=name == "ndcg@10")
+
+
+def target_ranks(scores: Tensor, target: Tensor) -> Tensor:
+    """0-based rank of each target among all items: the number of items scored strictly higher (ties favour
+    the target, as a stable sort would). A target masked to -inf (a seen item) gets rank |I| (a miss)."""
+    t = scores.gather(1, target[:, None])
+    rank = (scores > t).sum(1)
+    return torch.where(torch.isfinite(t[:, 0]), rank, torch.full_like(rank, scores.shape[1]))
+
+
+def ranking_metrics(ranks: Tensor | np.ndarray, ks: tuple[int, ...] = (5, 10, 20)) -> dict[str, float]:
+    """HR@k = P(rank < k) and NDCG@k = E[1/log2(rank + 2) if rank < k] (one relevant item per user)."""
+    r = torch.as_tensor(ranks).double()
+    out = {}
+    for k in ks:
+        out[f"hr@{k}"] = float((r < k).double().mean())
+    for k in ks:
+        out[f"ndcg@{k}"] = float(torch.where(r < k, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).mean())
+    return out
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+

@@ -1,0 +1,361 @@
+"""Training data, loaders and the ``fit`` stage (one model per method and seed, early stopping on validation
+NDCG@10, resumable).
+
+Run-directory layout (``RUN_DIR/<dataset>/``)::
+
+    config.json                        settings the models were trained with (a re-run with others is refused)
+    seed<S>/<method>/model.pt          weights of the best validation NDCG@10 (written when the run ends)
+    seed<S>/<method>/fit.json          epochs run, best epoch, wall time, validation history
+    seed<S>/<method>/history.jsonl     one line per epoch (train seconds, validation metrics when evaluated)
+    seed<S>/<method>/checkpoints/      last.ckpt (resume point) + the latest epoch; best/ holds the best one
+
+A method whose ``model.pt`` exists is skipped, so re-running ``fit`` after an interruption continues where it
+stopped (mid-run from ``last.ckpt`` through :func:`core.training.fit_with_resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from apps.recommendation.config import RecConfig
+from apps.recommendation.data import DataError, SequenceData, load_sequences
+from apps.recommendation.model import SeqRecModule
+from core.training import default_callbacks, fit_with_resume, seed_everything
+
+__all__ = ["Experiment", "prepare", "TrainBatches", "EvalBatches", "fit", "load_model", "build_module",
+           "train_windows"]
+
+# settings that do not change the trained models (may differ between fit and evaluate)
+_NON_ARTEFACT = ("run_dir", "methods", "seeds", "eval_batch_size", "threads", "progress", "exclude_seen", "epochs",
+                 "patience")
+
+
+@dataclass
+class Experiment:
+    data: SequenceData
+    root: Path
+    train_rows: list[tuple[np.ndarray, np.ndarray]]  # (inputs, next-item targets) windows
+    prefixes: dict[int, np.ndarray]  # target item -> (k, 2) array of (user index, end position) of train prefixes
+    train_seqs: list[np.ndarray]  # per user: s[:-2]
+
+
+def train_windows(train: np.ndarray, max_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """All-position training rows of one training sequence: inputs ``train[:-1]``, targets ``train[1:]``, cut
+    from the end into windows of at most ``max_len`` targets so every target is trained exactly once."""
+    x, y = train[:-1], train[1:]
+    rows = []
+    end = len(y)
+    while end > 0:
+        start = max(0, end - max_len)
+        rows.append((x[start:end], y[start:end]))
+        end = start
+    return rows
+
+
+def keep_popular_items(data: SequenceData, k: int) -> SequenceData:
+    """The ``k`` most frequent items only (ties: smaller id), re-numbered 1..k in their old order; users left
+    with fewer than 3 interactions are dropped. A small dense problem for quick runs."""
+    counts = np.bincount(np.concatenate(data.sequences), minlength=data.n_items + 1)
+    counts[0] = -1
+    keep = np.sort(np.argsort(-counts, kind="stable")[:k])
+    new_id = np.zeros(data.n_items + 1, dtype=np.int64)
+    new_id[keep] = np.arange(1, len(keep) + 1)
+    seqs = [new_id[s][new_id[s] > 0] for s in data.sequences]
+    ok = [i for i, s in enumerate(seqs) if len(s) >= 3]
+    if not ok:
+        raise DataError(f"max_items={k} leaves no user with >= 3 interactions")
+    return SequenceData(name=f"{data.name}_top{k}items", users=[data.users[i] for i in ok],
+                        sequences=[seqs[i] for i in ok], item_labels=[data.item_labels[i - 1] for i in keep],
+                        dropped_users=data.dropped_users + len(seqs) - len(ok), source=data.source)
+
+
+def prepare(cfg: RecConfig) -> Experiment:
+    """Load the data (optionally a user subset), split it leave-one-out and build the training rows."""
+    cfg.validate()
+    data = load_sequences(cfg.data)
+    if cfg.max_users is not None and cfg.max_users < len(data.sequences):
+        keep = np.sort(np.random.default_rng(12345).choice(len(data.sequences), cfg.max_users, replace=False))
+        data.sequences = [data.sequences[i] for i in keep]
+        data.users = [data.users[i] for i in keep]
+        data.name = f"{data.name}_{cfg.max_users}users"
+    if cfg.max_items is not None and cfg.max_items < data.n_items:
+        data = keep_popular_items(data, cfg.max_items)
+    train_seqs = [s[:-2] for s in data.sequences]
+    rows = [r for t in train_seqs if len(t) >= 2 for r in train_windows(t, cfg.max_len)]
+    if not rows:
+        raise DataError(f"{data.source}: no user has 4+ interactions, so there is nothing to train on")
+    users, ends, targets = [], [], []
+    for u, t in enumerate(train_seqs):
+        for p in range(1, len(t)):
+            users.append(u)
+            ends.append(p)
+            targets.append(int(t[p]))
+    order = np.argsort(targets, kind="stable")
+    tg = np.asarray(targets)[order]
+    pairs = np.stack([np.asarray(users)[order], np.asarray(ends)[order]], 1)
+    cuts = np.flatnonzero(np.diff(tg)) + 1
+    prefixes = {int(g[0]): p for g, p in zip(np.split(tg, cuts), np.split(pairs, cuts))}
+    return Experiment(data, Path(cfg.run_dir) / data.name, rows, prefixes, train_seqs)
+
+
+def _pad(seqs: list[np.ndarray], width: int | None = None) -> torch.Tensor:
+    width = width or max(1, max(len(s) for s in seqs))
+    out = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return torch.from_numpy(out)
+
+
+class TrainBatches:
+    """Collate function of training rows: right-padded inputs / targets, plus DuoRec's same-target prefixes."""
+
+    def __init__(self, exp: Experiment, max_len: int, same_target: bool, seed: int) -> None:
+        self.exp, self.max_len, self.same_target = exp, max_len, same_target
+        self.rng = np.random.default_rng(seed + 7919)
+
+    def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        rows = [self.exp.train_rows[i] for i in idx]
+        batch = {"items": _pad([r[0] for r in rows]), "targets": _pad([r[1] for r in rows]),
+                 "lengths": torch.tensor([len(r[0]) for r in rows])}
+        if self.same_target:
+            last = np.array([int(r[1][-1]) for r in rows])
+            same = []
+            for r, g in zip(rows, last):
+                cand = self.exp.prefixes[int(g)]
+                u, p = cand[self.rng.integers(len(cand))]
+                seq = self.exp.train_seqs[u][max(0, p - self.max_len): p]
+                # a row whose target has a single training occurrence is its own (dropout-view) partner
+                same.append(seq if len(cand) > 1 else r[0])
+            batch["same_items"] = _pad(same)
+            batch["same_lengths"] = torch.tensor([len(s) for s in same])
+            batch["last_target"] = torch.from_numpy(last)
+        return batch
+
+
+class LengthBucketSampler(torch.utils.data.Sampler):
+    """Batches of rows of similar length (a shuffled order, sorted by length inside pools of ``pool`` batches,
+    then the batches shuffled): padding to the batch's longest row wastes little compute. Deterministic per
+    (seed, epoch); Lightning calls :meth:`set_epoch`."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool: int = 50, drop_last: bool = True):
+        self.lengths, self.batch_size, self.seed, self.pool = np.asarray(lengths), batch_size, seed, pool
+        self.drop_last, self.epoch = drop_last and len(lengths) > batch_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(len(self.lengths))
+        step = self.batch_size * self.pool
+        batches = []
+        for a in range(0, len(perm), step):
+            chunk = perm[a: a + step]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[b: b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        return iter([b.tolist() for b in self._batches()])
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        if self.drop_last:
+            return sum((min(n - a, self.batch_size * self.pool)) // self.batch_size
+                       for a in range(0, n, self.batch_size * self.pool))
+        return sum(-(-min(n - a, self.batch_size * self.pool) // self.batch_size)
+                   for a in range(0, n, self.batch_size * self.pool))
+
+
+class EvalBatches:
+    """Collate function of evaluation users: last ``max_len`` items in, target, and the items to exclude."""
+
+    def __init__(self, inputs: list[np.ndarray], targets: np.ndarray, max_len: int) -> None:
+        self.inputs, self.targets, self.max_len = inputs, targets, max_len
+
+    def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        seqs = [self.inputs[i][-self.max_len:] for i in idx]
+        return {"items": _pad(seqs), "lengths": torch.tensor([len(s) for s in seqs]),
+                "target": torch.from_numpy(self.targets[idx]), "seen": _pad([self.inputs[i] for i in idx])}
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def eval_split(exp: Experiment, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """(input sequences, target items) of the ``"valid"`` or ``"test"`` case of every user."""
+    if split == "valid":
+        return [s[:-2] for s in exp.data.sequences], np.array([s[-2] for s in exp.data.sequences])
+    if split == "test":
+        return [s[:-1] for s in exp.data.sequences], np.array([s[-1] for s in exp.data.sequences])
+    raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+
+
+def eval_loader(exp: Experiment, split: str, cfg: RecConfig) -> torch.utils.data.DataLoader:
+    """Users sorted by input length (little padding); metrics are order-free. ``loader.dataset`` is the order."""
+    inputs, targets = eval_split(exp, split)
+    collate = EvalBatches(inputs, targets, cfg.max_len)
+    order = np.argsort([min(len(s), cfg.max_len) for s in inputs], kind="stable").tolist()
+    return torch.utils.data.DataLoader(order, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate)
+
+
+def train_loader(cfg: RecConfig, exp: Experiment, method: str, seed: int) -> torch.utils.data.DataLoader:
+    sampler = LengthBucketSampler(np.array([len(r[0]) for r in exp.train_rows]),
+                                  min(cfg.batch_size, len(exp.train_rows)), seed, pool=cfg.bucket_pool)
+    return torch.utils.data.DataLoader(range(len(exp.train_rows)), batch_sampler=sampler,
+                                       collate_fn=TrainBatches(exp, cfg.max_len, method == "duorec", seed))
+
+
+def build_module(cfg: RecConfig, exp: Experiment, method: str) -> SeqRecModule:
+    return SeqRecModule(exp.data.n_items, method, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
+                        max_len=cfg.max_len, dropout=cfg.dropout, reg_weight=cfg.reg_weight, tau=cfg.tau,
+                        eta=cfg.crop_eta, gamma=cfg.mask_gamma, reorder_beta=cfg.reorder_beta, lr=cfg.lr,
+                        weight_decay=cfg.weight_decay, exclude_seen=cfg.exclude_seen, **cfg.method_weights(method))
+
+
+class History(Callback):
+    """Appends one JSON line per epoch (train seconds, validation metrics when evaluated) to ``history.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.t0 = path, 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.t0, self.val = time.perf_counter(), None
+
+    # Lightning validates at the end of the epoch's last batch, before on_train_epoch_end
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.v0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        self.val = (time.perf_counter() - self.v0, m)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        total = time.perf_counter() - self.t0
+        rec: dict = {"epoch": trainer.current_epoch + 1}
+        if self.val is not None:
+            rec.update(train_seconds=total - self.val[0], val_seconds=self.val[0], val=self.val[1])
+        else:
+            rec["train_seconds"] = total
+        self._write(rec)
+
+    def _write(self, rec: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    recs: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            recs[r["epoch"]] = r  # a resumed run may repeat an epoch: keep the latest record
+    return [recs[k] for k in sorted(recs)]
+
+
+def check_run_dir(cfg: RecConfig, exp: Experiment, write: bool) -> None:
+    """Refuse to mix models of different settings in one run directory."""
+    want = {k: v for k, v in cfg.to_dict().items() if k not in _NON_ARTEFACT}
+    path = exp.root / "config.json"
+    if path.is_file():
+        # a setting added after the run was made counts as its default value
+        defaults = {k: v for k, v in RecConfig().to_dict().items() if k not in _NON_ARTEFACT}
+        have = {**defaults, **json.loads(path.read_text())}
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if diff:
+            raise DataError(f"{exp.root} holds models made with other settings ({', '.join(diff)}); "
+                            f"pass another --run-dir or delete it")
+    elif write:
+        exp.root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(want, indent=2))
+
+
+def method_dir(exp: Experiment, method: str, seed: int) -> Path:
+    return exp.root / f"seed{seed}" / method
+
+
+def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=print) -> Path:
+    """Train one method with one seed (skipped if its ``model.pt`` exists); returns the path of ``model.pt``."""
+    out = method_dir(exp, method, seed)
+    model_path = out / "model.pt"
+    if model_path.is_file():
+        return model_path
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    module = build_module(cfg, exp, method)
+    loader = train_loader(cfg, exp, method, seed)
+    best = ModelCheckpoint(dirpath=out / "checkpoints" / "best", filename="best", monitor="val/ndcg@10", mode="max",
+                           save_top_k=1, save_last=False)
+    callbacks = [*default_callbacks(out, save_top_k=1, progress_bar=cfg.progress), best,
+                 EarlyStopping(monitor="val/ndcg@10", mode="max", patience=cfg.patience,
+                               check_on_train_epoch_end=False),
+                 History(out / "history.jsonl")]
+    trainer_kwargs = dict(max_epochs=cfg.epochs, accelerator="cpu", devices=1,
+                          log_every_n_steps=max(1, min(20, len(loader))),
+                          enable_model_summary=False, enable_progress_bar=cfg.progress,
+                          check_val_every_n_epoch=cfg.eval_every, num_sanity_val_steps=0, callbacks=callbacks)
+    log(f"[recommendation] fit {method} (seed {seed}) on {len(exp.train_rows)} training sequences, "
+        f"{sum(len(r[1]) for r in exp.train_rows)} next-item targets, {exp.data.n_items} items -> {out}")
+    t0 = time.perf_counter()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*_pytree.*")
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+        trainer = fit_with_resume(trainer_kwargs, module, (loader, eval_loader(exp, "valid", cfg)), out)
+    seconds = time.perf_counter() - t0
+    hist = read_history(out / "history.jsonl")
+    if best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    info = {"method": method, "seed": seed, "epochs_run": trainer.current_epoch,
+            "stopped_early": trainer.current_epoch < cfg.epochs,
+            "best_val_ndcg@10": float(best.best_model_score) if best.best_model_score is not None else None,
+            "best_epoch": max((h for h in hist if "val" in h), key=lambda h: h["val"].get("ndcg@10", -1),
+                              default={}).get("epoch"),
+            "fit_seconds_this_attempt": seconds,
+            "train_seconds_total": sum(h["train_seconds"] for h in hist),
+            "val_seconds_total": sum(h.get("val_seconds", 0.0) for h in hist),
+            "history": hist}
+    (out / "fit.json").write_text(json.dumps(info, indent=2))
+    tmp = model_path.with_suffix(".tmp")
+    torch.save(module.state_dict(), tmp)
+    tmp.replace(model_path)
+    log(f"[recommendation] {method} (seed {seed}): {info['epochs_run']} epochs, best validation NDCG@10 "
+        f"{info['best_val_ndcg@10']:.4f} at epoch {info['best_epoch']}, {seconds:.0f} s")
+    return model_path
+
+
+def fit(cfg: RecConfig, exp: Experiment, log=print) -> None:
+    """Fit every method of ``cfg.methods`` for every seed."""
+    check_run_dir(cfg, exp, write=True)
+    for seed in cfg.seeds:
+        for method in cfg.methods:
+            fit_method(cfg, exp, method, seed, log)
+
+
+def load_model(cfg: RecConfig, exp: Experiment, method: str, seed: int) -> SeqRecModule:
+    """The model ``fit`` saved (raises :class:`DataError` naming what is missing)."""
+    path = method_dir(exp, method, seed) / "model.pt"
+    if not path.is_file():
+        raise DataError(f"nothing fitted for {method} (seed {seed}) in {exp.root} (missing {path}); run `fit` first "
+                        "with the same --data / --run-dir / settings")
+    module = build_module(cfg, exp, method)
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return module.eval()

@@ -1,0 +1,123 @@
+"""Command line of the RL app (a small argparse front: the training loops are custom, on Lightning Fabric).
+
+    python -m apps.rl fit      [--data PATH] [--quick] ...        # offline TACO / CPC pre-training on rollouts
+    python -m apps.rl evaluate [--data PATH] [--quick] ...        # probes + behaviour cloning, report.json/.md, PNGs
+    python -m apps.rl run      [--data PATH] [--quick] ...        # fit, then evaluate
+    python -m apps.rl fit      --env cartpole_swingup --aux taco  # online DrQ-v2 (+TACO / CPC) agent
+    python -m apps.rl evaluate --env cartpole_swingup --aux taco  # its returns, curve and state probe
+    python -m apps.rl compare  --env cartpole_swingup --seeds 0 1 # DrQ-v2 vs DrQ-v2+TACO, curves + report
+
+Settings are layered: defaults (or the ``--quick`` preset), then ``--config FILE.yaml``, then flags.
+Re-running an interrupted command resumes from the run directory's checkpoints. Bad input prints
+``error: ...`` and exits with status 2, writing no report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+import typing
+from collections.abc import Sequence
+
+from apps.rl.config import HELP, RLConfig, load_yaml
+from apps.rl.data import DataError
+
+VERBS = {
+    "fit": "offline: pre-train TACO / CPC encoders on the rollouts (--data); with --env: train an online agent",
+    "evaluate": "offline: state probe + behaviour cloning of TACO, CPC and a random encoder; with --env: score the "
+                "online agent; writes report.json, report.md and plots",
+    "run": "fit, then evaluate",
+    "compare": "online: train (resuming) and compare --compare-aux agents over --seeds on --env",
+}
+
+
+def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
+    hint = typing.get_type_hints(RLConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) is not list and args else hint
+    if typing.get_origin(base) is list:
+        return typing.get_args(base)[0], True
+    return base, False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.rl",
+        description="State and action representations for RL: TACO and CPC on DrQ-v2, offline probes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="{" + ",".join(VERBS) + "}")
+    defaults, quick = RLConfig(), RLConfig.quick()
+    for verb, text in VERBS.items():
+        p = sub.add_parser(verb, help=text, description=text)
+        p.add_argument("--config", help="YAML file of options (keys as below, with underscores)")
+        p.add_argument("--quick", action="store_true", default=False,
+                       help="quick preset (embedded Pendulum rollouts, short pre-training; < 2 min on 2 CPU cores)")
+        for f in dataclasses.fields(RLConfig):
+            typ, is_list = _field_type(f)
+            d, q = getattr(defaults, f.name), getattr(quick, f.name)
+            help_text = HELP[f.name] + f" (default: {d}" + (f"; --quick: {q})" if q != d else ")")
+            flag = "--" + f.name.replace("_", "-")
+            if typ is bool:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            elif is_list:
+                p.add_argument(flag, nargs="+", type=typ, default=None, help=help_text, metavar=f.name.upper())
+            else:
+                p.add_argument(flag, type=typ, default=None, help=help_text, metavar=f.name.upper())
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RLConfig:
+    cfg = RLConfig.quick() if args.quick else RLConfig()
+    updates = load_yaml(args.config) if args.config else {}
+    for f in dataclasses.fields(RLConfig):
+        v = getattr(args, f.name)
+        if v is not None:
+            updates[f.name] = v
+    return dataclasses.replace(cfg, **updates).validate()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        import torch
+
+        from apps.rl import evaluate as ev
+
+        cfg = config_from_args(args)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if args.verb == "compare":
+            if cfg.env is None:
+                raise DataError("compare needs --env (a DMC task such as cartpole_swingup)")
+            from apps.rl.compare import compare_online
+
+            compare_online(cfg, train=True, started=t0)
+        elif cfg.env is not None:
+            print(f"[rl] {args.verb} online agent ({cfg.aux}) on {cfg.env}, seed {cfg.seed}; run dir {cfg.run_dir}")
+            if args.verb in ("fit", "run"):
+                print(f"[rl] trained: {ev.fit_online(cfg)}")
+            if args.verb in ("evaluate", "run"):
+                ev.evaluate_online_report(cfg, started=t0)
+        else:
+            print(f"[rl] {args.verb} offline on {cfg.data or 'the embedded rollouts'}; run dir {cfg.run_dir}")
+            if args.verb == "fit":
+                for out in ev.fit_offline(cfg):
+                    print(f"[rl] pre-trained encoders in {out}")
+                print("[rl] fitted; next: python -m apps.rl evaluate with the same options")
+            else:
+                ev.evaluate_offline_report(cfg, started=t0)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    print(f"[rl] done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Evaluation: reconstruct every test event with the learned pipeline and the baselines; write the report.
+
+Data sets: ``sim-pu<level>`` (``eval_events`` fresh simulated events per ``eval_pileup`` level, seeds disjoint
+from training) and the real events of ``--data`` (default: the embedded TrackML subset). Methods:
+
+* ``gnn`` (the full method): embedding -> kNN graph -> GNN edge scores -> best-neighbour chaining
+  (:func:`apps.tracking.model.chain_tracks`);
+* ``gnn_cc``: the same edge scores, edge-score cut + connected components (the standard baseline builder);
+* ``dbscan``: DBSCAN on the TrackML starter-kit helix-transformed coordinates, eps tuned on training events.
+
+Metrics per data set (means over events): ``trackml_score``, ``efficiency``, ``fake_rate`` (see
+:mod:`apps.tracking.metrics`), ``edge_efficiency`` / ``edge_purity`` of the edges kept after the score cut,
+``graph_edge_efficiency`` / ``graph_edge_purity`` of the kNN graph, ``seconds_per_event`` and
+``seconds_per_10k_hits`` of the learned pipeline (inference, this CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from apps.tracking.config import TrackingConfig  # noqa: E402
+from apps.tracking.data import Event, dataset_name, find_detectors, read_event  # noqa: E402
+from apps.tracking.metrics import edge_metrics, efficiency_vs_pt, track_metrics, trackml_score  # noqa: E402
+from apps.tracking.model import (  # noqa: E402
+    EdgeGNN,
+    HitEmbedding,
+    chain_tracks,
+    connected_components_tracks,
+    dbscan_tracks,
+    hit_features,
+    knn_graph,
+)
+from apps.tracking.simulate import Geometry, simulate_event  # noqa: E402
+
+__all__ = ["reconstruct", "evaluate_events", "evaluate", "EVAL_SEED", "PT_BINS"]
+
+EVAL_SEED = 2_000_000
+PT_BINS = np.array([0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0])
+METHOD_NAMES = {"gnn": "GNN + chaining", "gnn_cc": "GNN + cut/CC", "dbscan": "DBSCAN (helix coords)"}
+
+
+@torch.no_grad()
+def reconstruct(embed: HitEmbedding, gnn: EdgeGNN, xyz: np.ndarray, k: int, cut: float,
+                min_hits: int = 3, cc_cut: float | None = None) -> dict:
+    """The learned pipeline on one event's hit positions (mm): edges, scores, track ids of both builders,
+    and the wall time of each stage."""
+    t = [time.perf_counter()]
+    feats = hit_features(xyz)
+    emb = embed(feats)
+    t.append(time.perf_counter())
+    edges = knn_graph(emb, k)
+    t.append(time.perf_counter())
+    x = torch.as_tensor(np.asarray(xyz, dtype=np.float32))
+    scores = torch.sigmoid(gnn(feats, emb, x, edges)).numpy() if edges.shape[1] else np.zeros(0)
+    t.append(time.perf_counter())
+    e = edges.numpy()
+    tracks = chain_tracks(len(xyz), e, scores, np.asarray(xyz), cut, min_hits)
+    t.append(time.perf_counter())
+    tracks_cc = connected_components_tracks(len(xyz), e, scores, cut if cc_cut is None else cc_cut, min_hits)
+    stages = {"embed": t[1] - t[0], "graph": t[2] - t[1], "gnn": t[3] - t[2], "build": t[4] - t[3]}
+    return {"edges": e, "scores": scores, "tracks": tracks, "tracks_cc": tracks_cc, "stages": stages,
+            "seconds": t[4] - t[0]}
+
+
+def _pt_map(ev: Event) -> dict | None:
+    if ev.particles is None:
+        return None
+    p = ev.particles
+    return dict(zip(p["particle_id"].to_numpy().tolist(), np.hypot(p["px"], p["py"]).to_numpy().tolist()))
+
+
+def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuning: dict, cfg: TrackingConfig,
+                    keep_first: bool = True) -> dict:
+    """Per-method mean metrics over ``events`` plus efficiency-vs-pT counts and the first event's tracks."""
+    per = {m: [] for m in METHOD_NAMES}
+    eff_pt = {m: [np.zeros(len(PT_BINS) - 1), np.zeros(len(PT_BINS) - 1)] for m in METHOD_NAMES}
+    display = None
+    for ev in events:
+        pid, w = ev.particle_ids(), ev.weights()
+        xyz = ev.hits[["x", "y", "z"]].to_numpy(dtype=np.float64)
+        r, z = np.hypot(xyz[:, 0], xyz[:, 1]), xyz[:, 2]
+        cut = tuning["edge_cut"]
+        rec = reconstruct(embed, gnn, xyz, cfg.k, cut, cfg.min_hits, tuning["cc_cut"])
+        t0 = time.perf_counter()
+        db = dbscan_tracks(xyz, tuning["dbscan_eps"])
+        t_db = time.perf_counter() - t0
+        graph = edge_metrics(rec["edges"], pid, r, z)
+        kept = edge_metrics(rec["edges"][:, rec["scores"] > cut], pid, r, z)
+        pts = _pt_map(ev)
+        for m, tracks, secs in (("gnn", rec["tracks"], rec["seconds"]), ("gnn_cc", rec["tracks_cc"], rec["seconds"]),
+                                ("dbscan", db, t_db)):
+            row = {"trackml_score": trackml_score(tracks, pid, w), **track_metrics(tracks, pid),
+                   "seconds_per_event": secs, "seconds_per_10k_hits": secs / len(pid) * 1e4, "hits": len(pid)}
+            if m != "dbscan":
+                row.update(edge_efficiency=kept["edge_efficiency"], edge_purity=kept["edge_purity"],
+                           graph_edge_efficiency=graph["edge_efficiency"], graph_edge_purity=graph["edge_purity"],
+                           edges_per_hit=graph["n_edges"] / len(pid))
+            per[m].append(row)
+            mat, tot = efficiency_vs_pt(tracks, pid, pts, PT_BINS)
+            eff_pt[m][0] += mat
+            eff_pt[m][1] += tot
+        if display is None and keep_first:
+            display = {"xyz": xyz, "pid": pid, "gnn": rec["tracks"], "dbscan": db, "name": ev.name}
+    out = {}
+    for m, rows in per.items():
+        keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float))]
+        out[m] = {k: float(np.nanmean([row[k] for row in rows])) for k in keys}
+        out[m]["events"] = len(rows)
+    return {"metrics": out, "eff_pt": eff_pt, "display": display}
+
+
+def _sim_events(cfg: TrackingConfig, geo: Geometry, level: float) -> list[Event]:
+    return [simulate_event(geo, cfg.sim(level), seed=EVAL_SEED + cfg.seed * 10_000 + int(level * 10) * 100 + i,
+                           name=f"event{i:09d}") for i in range(cfg.eval_events)]
+
+
+def _event_display(d: dict, path: Path, title: str) -> None:
+    fig, axes = plt.subplots(2, 2, figsize=(12, 11))
+    xyz = d["xyz"]
+    r = np.hypot(xyz[:, 0], xyz[:, 1])
+    for row, (key, label) in enumerate((("gnn", "GNN + chaining"), ("dbscan", "DBSCAN"))):
+        lab = d[key]
+        u, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
+        is_track = cnt[inv] >= 4
+        rng = np.random.default_rng(0)
+        colours = rng.random((len(u), 3)) * 0.85
+        for ax, (a, b, xl, yl) in zip(axes[row], ((xyz[:, 0], xyz[:, 1], "x [mm]", "y [mm]"),
+                                                  (xyz[:, 2], r, "z [mm]", "r [mm]"))):
+            ax.scatter(a[~is_track], b[~is_track], s=1, c="0.8", lw=0)
+            ax.scatter(a[is_track], b[is_track], s=2, c=colours[inv[is_track]], lw=0)
+            ax.set_xlabel(xl)
+            ax.set_ylabel(yl)
+            ax.set_title(f"{label}: {int((cnt >= 4).sum())} tracks (grey: unassigned)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _eff_pt_plot(results: dict, path: Path) -> None:
+    names = list(results)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
+    centres = np.sqrt(PT_BINS[:-1] * PT_BINS[1:])
+    for ax, name in zip(axes[0], names):
+        for m, style in (("gnn", "o-"), ("gnn_cc", "s--"), ("dbscan", "^:")):
+            mat, tot = results[name]["eff_pt"][m]
+            ok = tot > 0
+            ax.plot(centres[ok], mat[ok] / tot[ok], style, label=METHOD_NAMES[m])
+        ax.set_xscale("log")
+        ax.set_xlim(PT_BINS[0], PT_BINS[-1])
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("particle pT [GeV]")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("track efficiency (double majority)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _score_plot(metrics: dict, path: Path) -> None:
+    names = list(metrics)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 3.8))
+    for i, m in enumerate(METHOD_NAMES):
+        ax.bar(x + (i - 1) * 0.27, [metrics[n][m]["trackml_score"] for n in names], 0.27, label=METHOD_NAMES[m])
+    ax.set_xticks(x, names)
+    ax.set_ylabel("TrackML score")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def _markdown(report: dict) -> str:
+    lines = [f"# Tracking report ({report['dataset']})", "",
+             f"Run directory: `{report['run_dir']}`; {report['seconds']:.0f} s in all.", "",
+             "| data set | method | TrackML score | efficiency | fake rate | edge eff. | edge purity | "
+             "graph eff. | graph purity | s / 10k hits |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, per in report["per_dataset"].items():
+        for m, v in per.items():
+            lines.append(f"| {name} | {METHOD_NAMES[m]} | {_fmt(v['trackml_score'])} | {_fmt(v['efficiency'])} | "
+                         f"{_fmt(v['fake_rate'])} | {_fmt(v.get('edge_efficiency'))} | {_fmt(v.get('edge_purity'))} | "
+                         f"{_fmt(v.get('graph_edge_efficiency'))} | {_fmt(v.get('graph_edge_purity'))} | "
+                         f"{_fmt(v['seconds_per_10k_hits'])} |")
+    lines += ["", "Edge efficiency: share of consecutive-hit truth edges kept; purity: share of kept edges joining two "
+              "hits of one particle. 'edge' = after the GNN score cut, 'graph' = the kNN graph.", ""]
+    lines += [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(cfg: TrackingConfig, train: bool = False, started: float | None = None) -> dict:
+    """(Fit if ``train``,) evaluate, and write report.json / report.md / plots into ``cfg.run_dir``."""
+    from apps.tracking.train import _quiet, data_split, fit, load_models
+
+    started = time.perf_counter() if started is None else started
+    cfg.validate()
+    _quiet()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # fail early on bad data, before any training; with train_source 'data' only the held-out events are scored
+    real = [read_event(p, require_truth=True) for p in data_split(cfg)[1]]
+    if train:
+        fit(cfg)
+    embed, gnn, tuning = load_models(cfg)
+    geo = Geometry.from_file(find_detectors(cfg.data))
+    root = Path(cfg.run_dir)
+    results = {}
+    for level in cfg.eval_pileup:
+        name = f"sim-pu{level:g}"
+        print(f"[tracking] evaluating {name} ({cfg.eval_events} events)")
+        results[name] = evaluate_events(_sim_events(cfg, geo, level), embed, gnn, tuning, cfg)
+    real_name = dataset_name(cfg.data)
+    print(f"[tracking] evaluating {real_name} ({len(real)} events)")
+    results[real_name] = evaluate_events(real, embed, gnn, tuning, cfg)
+    per_dataset = {n: r["metrics"] for n, r in results.items()}
+    plots = []
+    for n, r in results.items():
+        if r["display"] is not None and (n == real_name or n == next(iter(results))):
+            p = root / f"event_display_{n}.png"
+            _event_display(r["display"], p, f"{n}: {r['display']['name']}")
+            plots.append(str(p))
+    p = root / "efficiency_vs_pt.png"
+    _eff_pt_plot(results, p)
+    plots.append(str(p))
+    p = root / "trackml_score.png"
+    _score_plot(per_dataset, p)
+    plots.append(str(p))
+    names = ("trackml_score", "efficiency", "fake_rate", "edge_efficiency", "edge_purity",
+             "graph_edge_efficiency", "graph_edge_purity", "seconds_per_10k_hits")
+    main = per_dataset[real_name]
+    report = {
+        "app": "tracking",
+        "dataset": real_name,
+        "method": "hit embedding (SupCon) + kNN graph + GNN (focal + per-particle edge contrastive) + chaining",
+        "metrics": {**{k: main["gnn"].get(k) for k in names},
+                    "per_dataset": {n: {k: v["gnn"].get(k) for k in names} for n, v in per_dataset.items()}},
+        "baselines": {m: {**{k: main[m].get(k) for k in names if k in main[m]},
+                          "per_dataset": {n: {k: v[m].get(k) for k in names if k in v[m]}
+                                          for n, v in per_dataset.items()}}
+                      for m in ("dbscan", "gnn_cc")},
+        "seconds": time.perf_counter() - started,
+        "config": {**cfg.to_dict(), "tuned": tuning},
+        "per_dataset": per_dataset,
+        "plots": plots,
+        "run_dir": str(root),
+    }
+    report = _finite(report)
+    tmp = root / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    (root / "report.md").write_text(_markdown(report))
+    os.replace(tmp, root / "report.json")
+    print("\n".join(line for line in _markdown(report).splitlines() if line.startswith("|")))
+    print(f"[tracking] report: {root / 'report.json'}")
+    return report
+
+
+def _finite(obj):
+    """NaN / inf -> None, so report.json is valid JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+

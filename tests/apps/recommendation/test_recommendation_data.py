@@ -1,0 +1,114 @@
+"""Data loading and the leave-one-out split, on hand-made files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apps.recommendation.config import RecConfig
+from apps.recommendation.data import DataError, leave_one_out, load_sequences
+from apps.recommendation.train import LengthBucketSampler, eval_split, prepare, train_windows
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_s3rec_text_leave_one_out(tmp_path: Path) -> None:
+    path = _write(tmp_path, "toy.txt", "u1 1 2 3 4 5\nu2 3 1 2\nu3 4 5\n\nu4 2 4 1 3\n")
+    data = load_sequences(path)
+    assert data.users == ["u1", "u2", "u4"]  # u3 has 2 interactions: no training item
+    assert data.dropped_users == 1
+    assert data.item_labels == ["1", "2", "3", "4", "5"]  # integer labels keep their own ids
+    assert [s.tolist() for s in data.sequences] == [[1, 2, 3, 4, 5], [3, 1, 2], [2, 4, 1, 3]]
+    train, valid, test = leave_one_out(data.sequences[0])
+    assert (train.tolist(), valid, test) == ([1, 2, 3], 4, 5)
+    exp = prepare(RecConfig(data=path, run_dir=str(tmp_path / "runs")))
+    v_in, v_t = eval_split(exp, "valid")
+    t_in, t_t = eval_split(exp, "test")
+    assert [s.tolist() for s in v_in] == [[1, 2, 3], [3], [2, 4]] and v_t.tolist() == [4, 1, 1]
+    assert [s.tolist() for s in t_in] == [[1, 2, 3, 4], [3, 1], [2, 4, 1]] and t_t.tolist() == [5, 2, 3]
+    # training rows: inputs train[:-1], next-item targets train[1:]; u2's training sequence [3] has no target
+    rows = [(x.tolist(), y.tolist()) for x, y in exp.train_rows]
+    assert rows == [([1, 2], [2, 3]), ([2], [4])]
+
+
+def test_csv_sorted_by_timestamp_and_labels_remapped(tmp_path: Path) -> None:
+    path = _write(tmp_path, "log.csv", "user,item,timestamp,rating\n"
+                  "a,x,30,5\nb,y,1,1\na,y,10,2\na,z,20,3\nb,z,2,1\nb,x,3,1\na,x,5,1\n")
+    data = load_sequences(path)
+    assert data.item_labels == ["x", "y", "z"]
+    seqs = dict(zip(data.users, (s.tolist() for s in data.sequences)))
+    # a: x@5, y@10, z@20, x@30 ; b: y@1, z@2, x@3
+    assert seqs == {"a": [1, 2, 3, 1], "b": [2, 3, 1]}
+    assert data.item_id("z") == 3
+    with pytest.raises(DataError, match="unknown item"):
+        data.item_id("nope")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("u1 1 2 3\nu2 4 x 5\n", r"line 2: item 'x' is not a number"),
+    ("u1 1 2 3\nu2\n", r"line 2: expected 'user item1"),
+    ("u1 1 2.5 3\n", r"line 1: item '2.5' is not a non-negative integer"),
+    ("u1 1 2\nu2 3 4\n", "no user has >= 3 interactions"),
+    ("u1 1 2 3\nu1 4 5 6\n", "appears on more than one line"),
+])
+def test_bad_text_files_name_the_line(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        load_sequences(_write(tmp_path, "bad.txt", text))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("user,item\na,1\n", r"line 1: header must name the columns"),
+    ("user,item,timestamp\na,1,5\na,2,nan\n", r"line 3: timestamp 'nan' is not finite"),
+    ("user,item,timestamp\na,1,five\n", r"line 2: timestamp 'five' is not a number"),
+    ("user,item,timestamp\na,1\n", r"line 2: expected 3 columns"),
+])
+def test_bad_csv_files_name_the_line(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        load_sequences(_write(tmp_path, "bad.csv", text))
+
+
+def test_missing_empty_and_unknown_paths(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_sequences(str(tmp_path / "missing.txt"))
+    with pytest.raises(DataError, match="is empty"):
+        load_sequences(_write(tmp_path, "empty.txt", ""))
+    with pytest.raises(DataError, match="unknown format"):
+        load_sequences(_write(tmp_path, "data.json", "{}"))
+
+
+@pytest.mark.parametrize("name, counts", [("beauty", (22363, 12101, 198502)), ("toys", (19412, 11924, 167597))])
+def test_embedded_data_counts(name: str, counts: tuple[int, int, int]) -> None:
+    data = load_sequences(name)
+    # the SOURCE.md counts of the S3-Rec preprocessing; every user has >= 5 interactions (5-core)
+    assert (len(data.sequences), data.n_items, data.n_interactions) == counts and data.dropped_users == 0
+    assert data.item_labels[:3] == ["1", "2", "3"]  # ids 1..n kept as they are
+    assert data.item_labels[-1] == str(counts[1])
+
+
+@pytest.mark.parametrize("n", [2, 5, 50, 51, 52, 130])
+def test_train_windows_cover_every_target_once(n: int) -> None:
+    train = np.arange(1, n + 1)
+    rows = train_windows(train, max_len=50)
+    targets = np.concatenate([y for _, y in rows])
+    assert sorted(targets.tolist()) == list(range(2, n + 1))
+    for x, y in rows:
+        assert len(x) == len(y) <= 50
+        assert (y == x + 1).all()  # each input position predicts its next item
+
+
+def test_length_bucket_sampler_is_a_partition() -> None:
+    lengths = np.random.default_rng(0).integers(1, 50, size=1000)
+    s = LengthBucketSampler(lengths, 64, seed=3, pool=4, drop_last=False)
+    batches = list(s)
+    assert len(batches) == len(s)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    s.set_epoch(1)
+    assert list(s) != batches  # a new order per epoch
+    d = LengthBucketSampler(lengths, 64, seed=3, pool=4, drop_last=True)
+    assert all(len(b) == 64 for b in d) and len(list(d)) == len(d)
