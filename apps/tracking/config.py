@@ -50,7 +50,7 @@ class TrackingConfig:
     gnn_hidden: int = 32
     gnn_layers: int = 3
     gnn_aggr: str = "mean+max"
-    gnn_epochs: int = 6
+    gnn_epochs: int = 20
     lr: float = 3e-3
     edge_tau: float = 0.3
     focal_gamma: float = 1.0
