@@ -25,7 +25,7 @@ from pathlib import Path
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SRC = Path("/work/shared/data/speaker_verification")
+DEFAULT_SRC = ROOT.parent / "shared" / "data" / "speaker_verification"
 
 SOURCE_MD = """# Embedded default data of the speaker app
 
