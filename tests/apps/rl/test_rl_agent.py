@@ -132,7 +132,7 @@ def test_critic_loss_uses_nstep_target_with_clipped_double_q():
         target = r[:, None] + d[:, None] * torch.min(t1, t2)
         q1, q2 = agent.critic(h, a)
         expected = F.mse_loss(q1, target) + F.mse_loss(q2, target)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-4)
 
 
 @pytest.mark.parametrize("aux", ["none", "taco", "cpc"])
