@@ -61,6 +61,8 @@ def sup_con(
     temperature: float | Tensor = 0.07,
     base_temperature: float = 0.07,
     variant: str = "out",
+    similarity: str = "cosine",
+    anchor_mask: Tensor | None = None,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
     gather: bool | str = False,
@@ -77,7 +79,13 @@ def sup_con(
         base_temperature: tau_b; the loss is scaled by tau / tau_b (1 when they are equal).
         variant: ``"out"`` (mean of log-probabilities over positives, the paper's L_out) or ``"in"``
             (log of the mean probability, L_in).
-        reduction: ``"mean"`` over the B V anchors, ``"sum"``, or ``"none"`` ((V B,), view-major).
+        similarity: ``"cosine"`` (normalise inside, the paper) or ``"dot"`` (raw dot products, e.g.
+            DuoRec's supervised positives on sequence representations).
+        anchor_mask: optional (B,) bool: only these samples' views are anchors; every view stays a
+            candidate (positive or negative) for the anchors. Samples with no positive partner (noise,
+            singletons) can so take part as negatives only.
+        reduction: ``"mean"`` over the anchors, ``"sum"``, or ``"none"`` ((V B',), view-major, for the B'
+            anchor samples in order).
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce`; with ``gather`` the
             candidates (and their labels) come from every rank, the anchors stay local.
 
@@ -90,7 +98,15 @@ def sup_con(
     check_positive("temperature", temperature)
     check_positive("base_temperature", base_temperature)
     check_choice("variant", variant, ("out", "in"))
+    check_choice("similarity", similarity, ("cosine", "dot"))
     check_reduction(reduction)
+    if anchor_mask is not None:
+        if not isinstance(anchor_mask, Tensor) or anchor_mask.dtype != torch.bool or anchor_mask.shape != (B,):
+            raise ValueError(f"anchor_mask must be a bool tensor of shape ({B},), got "
+                             f"{getattr(anchor_mask, 'dtype', type(anchor_mask).__name__)} "
+                             f"{tuple(getattr(anchor_mask, 'shape', ()))}")
+        if not bool(anchor_mask.any()):
+            raise ValueError("anchor_mask selects no anchor")
     if labels is None:
         y = instance_labels(B, V, gather, z.device)
     else:
@@ -103,10 +119,14 @@ def sup_con(
         y = labels.to(z.device).repeat(V)
     if B * V * (world_size() if gather else 1) < 2:
         raise ValueError("the batch has no negatives: SupCon needs at least 2 views in total")
-    z = prepare(z, "cosine")
+    z = prepare(z, similarity)
     ids = torch.arange(z.shape[0], device=z.device)
+    anchors, a_label, a_ids = z, y, ids
+    if anchor_mask is not None:
+        keep = anchor_mask.to(z.device).repeat(V)
+        anchors, a_label, a_ids = z[keep], y[keep], ids[keep]
     spec = ContrastSpec(positive="label", exclude_self=True, pos_stat="sum" if variant == "out" else "lse")
-    row, _ = run_contrast(spec, z, z, to_scale(temperature, z), row_meta={"label": y, "self_id": ids},
+    row, _ = run_contrast(spec, anchors, z, to_scale(temperature, z), row_meta={"label": a_label, "self_id": a_ids},
                           col_meta={"label": y}, tile_size=tile_size, gather=gather)
     n_pos, n_neg = row[:, 2], row[:, 3]
     if bool((n_pos == 0).any()):
@@ -126,13 +146,14 @@ def sup_con(
 
 
 class SupCon(nn.Module):
-    """Module form of :func:`sup_con`; ``forward(features, labels=None)``."""
+    """Module form of :func:`sup_con`; ``forward(features, labels=None, anchor_mask=None)``."""
 
     def __init__(
         self,
         temperature: float = 0.07,
         base_temperature: float = 0.07,
         variant: str = "out",
+        similarity: str = "cosine",
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
         gather: bool | str = False,
@@ -141,11 +162,13 @@ class SupCon(nn.Module):
         check_positive("temperature", temperature)
         check_positive("base_temperature", base_temperature)
         check_choice("variant", variant, ("out", "in"))
+        check_choice("similarity", similarity, ("cosine", "dot"))
         self.temperature, self.base_temperature, self.variant = temperature, base_temperature, variant
-        self.reduction, self.tile_size, self.gather = reduction, tile_size, gather
+        self.similarity, self.reduction, self.tile_size, self.gather = similarity, reduction, tile_size, gather
 
-    def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, features: Tensor, labels: Tensor | None = None, anchor_mask: Tensor | None = None) -> Tensor:
         return sup_con(
             features, labels, temperature=self.temperature, base_temperature=self.base_temperature,
-            variant=self.variant, reduction=self.reduction, tile_size=self.tile_size, gather=self.gather,
+            variant=self.variant, similarity=self.similarity, anchor_mask=anchor_mask, reduction=self.reduction,
+            tile_size=self.tile_size, gather=self.gather,
         )

@@ -138,13 +138,16 @@ def ref_nt_xent(z1, z2, temperature=0.5, decoupled=False, margin=0.0, margin_typ
     return reduce_ref(torch.stack(out), reduction)
 
 
-def ref_sup_con(features, labels=None, temperature=0.07, base_temperature=0.07, variant="out", reduction="mean"):
+def ref_sup_con(features, labels=None, temperature=0.07, base_temperature=0.07, variant="out", reduction="mean",
+                similarity="cosine", anchor_mask=None):
     B, V, _ = features.shape
     z = views_major(features)
     y = [int(labels[b]) if labels is not None else b for _ in range(V) for b in range(B)]
     out = []
     for a in range(B * V):
-        logits = {k: sim(z[a], z[k]) / temperature for k in range(B * V) if k != a}
+        if anchor_mask is not None and not bool(anchor_mask[a % B]):
+            continue
+        logits = {k: sim(z[a], z[k], similarity) / temperature for k in range(B * V) if k != a}
         log_den = lse(list(logits.values()))
         pos = [k for k in logits if y[k] == y[a]]
         log_probs = torch.stack([logits[p] - log_den for p in pos])

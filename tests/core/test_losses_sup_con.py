@@ -66,3 +66,45 @@ def test_module_equals_function():
     x, labels = _inputs(5, 2, 4, 2, seed=12)
     m = SupCon(temperature=0.1, variant="in")
     torch.testing.assert_close(m(x["features"], labels), sup_con(x["features"], labels, temperature=0.1, variant="in"))
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_anchor_mask_and_dot_similarity_match_loop_reference(similarity, variant, reduction):
+    # samples 5 and 6 are singletons (labels 7 and 8) with one view each: valid only as negatives
+    g = torch.Generator().manual_seed(11)
+    x = {"features": 0.5 * torch.randn(7, 1, 4, generator=g, dtype=torch.float64),
+         "temperature": torch.tensor(0.5, dtype=torch.float64)}
+    labels = torch.tensor([0, 1, 0, 1, 0, 7, 8])
+    mask = torch.tensor([True, True, True, True, True, False, False])
+    kw = {"labels": labels, "variant": variant, "reduction": reduction, "similarity": similarity,
+          "anchor_mask": mask}
+    compare(lambda **k: sup_con(**k, **kw), lambda **k: ref_sup_con(**k, **kw), x)
+    with pytest.raises(ValueError, match="no positive"):
+        sup_con(x["features"], labels, similarity=similarity)  # the singletons cannot be anchors
+
+
+def test_anchor_mask_keeps_the_unmasked_rows_of_the_full_loss():
+    x, labels = _inputs(6, 2, 5, 3, seed=3)
+    mask = torch.tensor([True, False, True, True, False, True])
+    full = sup_con(x["features"], labels, reduction="none")
+    part = sup_con(x["features"], labels, anchor_mask=mask, reduction="none")
+    torch.testing.assert_close(part, full[mask.repeat(2)], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("tile_size", [2, (3, 4)])
+def test_anchor_mask_tiled_equals_dense(tile_size):
+    x, labels = _inputs(7, 2, 4, 3, seed=5)
+    mask = torch.tensor([True, False, True, True, True, False, True])
+    kw = {"labels": labels, "anchor_mask": mask, "similarity": "dot", "reduction": "none"}
+    compare(lambda **k: sup_con(**k, **kw, tile_size=tile_size), lambda **k: sup_con(**k, **kw), x,
+            rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([1, 0, 1]), torch.tensor([True, False]),
+                                 torch.zeros(3, dtype=torch.bool)])
+def test_anchor_mask_is_validated(bad):
+    x, labels = _inputs(3, 2, 4, 2, seed=1)
+    with pytest.raises(ValueError, match="anchor_mask"):
+        sup_con(x["features"], labels, anchor_mask=bad)
