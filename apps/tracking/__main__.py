@@ -24,7 +24,8 @@ from apps.tracking.data import DataError
 
 VERBS = {
     "fit": "simulate training events on the detector geometry (or read --data with --train-source data), train "
-           "the contrastive hit embedding, then the GNN edge classifier; tune the DBSCAN baseline",
+           "the contrastive hit embedding, then the GNN edge classifier, then the learned clusterer (set transformer "
+           "over pivots) on the frozen GNN; tune the edge cuts, the clusterer threshold and the DBSCAN baseline",
     "evaluate": "reconstruct simulated test events at each --eval-pileup level and the --data events with the GNN "
                 "pipeline and the baselines; write report.json, report.md and plots into --run-dir",
     "run": "fit, then evaluate",

@@ -58,6 +58,16 @@ class TrackingConfig:
     beta_contrastive: float = 1.0
     edge_cut: float | None = None
     min_hits: int = 3
+    builder: str = "learned"
+    cluster_candidates: int = 32
+    cluster_hops: int = 6
+    cluster_cut: float = 0.5
+    cluster_dim: int = 32
+    cluster_layers: int = 2
+    cluster_pivots: int = 512
+    cluster_epochs: int = 6
+    cluster_lr: float = 2e-3
+    cluster_threshold: float | None = None
     dbscan_eps: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.03, 0.05, 0.08])
     seed: int = 0
     threads: int | None = None
@@ -68,6 +78,7 @@ class TrackingConfig:
         """Few small simulated events and epochs, one thread: trains and evaluates in under 2 minutes on 2 CPU cores."""
         return cls(run_dir="runs/tracking_quick", train_events=12, train_pileup=[5.0], eval_events=1,
                    embed_epochs=2, embed_hidden=64, gnn_epochs=8, gnn_hidden=24, gnn_layers=2,
+                   cluster_epochs=8, cluster_pivots=256, cluster_dim=24, cluster_candidates=24,
                    dbscan_eps=[0.02, 0.05], threads=1)
 
     def sim(self, pileup: float) -> SimConfig:
@@ -79,19 +90,32 @@ class TrackingConfig:
     def validate(self) -> TrackingConfig:
         """Raise :class:`DataError` for settings that cannot work."""
         for name in ("train_events", "eval_events", "embed_dim", "embed_hidden", "embed_depth", "embed_epochs",
-                     "embed_anchors", "k", "gnn_hidden", "gnn_layers", "gnn_epochs", "min_hits"):
+                     "embed_anchors", "k", "gnn_hidden", "gnn_layers", "gnn_epochs", "min_hits",
+                     "cluster_candidates", "cluster_dim", "cluster_layers", "cluster_pivots", "cluster_epochs"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise DataError(f"{name} must be a positive integer, got {v!r}")
         if not self.gnn_aggr or any(a not in ("mean", "max", "sum", "min") for a in self.gnn_aggr.split("+")):
             raise DataError(f"gnn_aggr must be mean, max, sum, min or a '+'-joined combination, got {self.gnn_aggr!r}")
+        if self.builder not in ("chain", "cc", "learned"):
+            raise DataError(f"builder must be 'chain', 'cc' or 'learned', got {self.builder!r}")
+        if self.cluster_candidates < 2:
+            raise DataError(f"cluster_candidates must be >= 2, got {self.cluster_candidates}")
+        if self.cluster_dim % 4:
+            raise DataError(f"cluster_dim must be a multiple of 4 (4 attention heads), got {self.cluster_dim}")
+        if not isinstance(self.cluster_hops, int) or self.cluster_hops < 0:
+            raise DataError(f"cluster_hops must be an integer >= 0, got {self.cluster_hops!r}")
+        if not 0 <= self.cluster_cut < 1:
+            raise DataError(f"cluster_cut must be in [0, 1), got {self.cluster_cut}")
+        if self.cluster_threshold is not None and not 0 < self.cluster_threshold < 1:
+            raise DataError(f"cluster_threshold must be in (0, 1), got {self.cluster_threshold}")
         if self.train_source not in ("sim", "data"):
             raise DataError(f"train_source must be 'sim' or 'data', got {self.train_source!r}")
         if self.embed_dim < 2:
             raise DataError(f"embed_dim must be >= 2, got {self.embed_dim}")
         if self.gnn_hidden < 2:
             raise DataError(f"gnn_hidden must be >= 2, got {self.gnn_hidden}")
-        for name in ("lr", "embed_lr", "embed_temperature", "edge_tau"):
+        for name in ("lr", "embed_lr", "embed_temperature", "edge_tau", "cluster_lr"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise DataError(f"{name} must be a positive number, got {v!r}")
@@ -165,6 +189,21 @@ HELP: dict[str, str] = {
     "edge_cut": "edge-score cut for track building (both builders); default: the cuts with the best TrackML score "
                 "on training events, chosen by fit from 0.3 ... 0.9",
     "min_hits": "smallest reconstructed track; smaller clusters are split into single hits",
+    "builder": "track builder of the headline method in the report: 'chain' (best-neighbour chaining), 'cc' "
+               "(edge-score cut + connected components) or 'learned' (the set-transformer pivot clusterer); all "
+               "three are always evaluated, the others are reported as baselines",
+    "cluster_candidates": "learned clusterer: candidate set size per pivot (the pivot + its nearest hits in the "
+                          "embedding)",
+    "cluster_hops": "learned clusterer: candidates are first the hits within this many hops over the GNN edges "
+                    "with score > --cluster-cut (then the nearest hits in the embedding); 0 = embedding only",
+    "cluster_cut": "learned clusterer: GNN edge-score cut of the graph the candidate sets are grown on",
+    "cluster_dim": "learned clusterer: width of the set transformer (a multiple of 4)",
+    "cluster_layers": "learned clusterer: self-attention layers of the set transformer",
+    "cluster_pivots": "learned clusterer: random pivots per training event and step",
+    "cluster_epochs": "learned clusterer: training epochs (on the frozen embedding and GNN)",
+    "cluster_lr": "learned clusterer: AdamW learning rate (same schedule as the other stages)",
+    "cluster_threshold": "learned clusterer: membership probability threshold; default: the best of 0.1 ... 0.8 "
+                         "on training events, chosen by fit",
     "dbscan_eps": "DBSCAN eps values tried on the training events; the best one is used for the baseline",
     "seed": "seed of the simulation, initialisation and sampling",
     "threads": "torch CPU threads (default: torch's choice)",

@@ -1,11 +1,14 @@
 """Evaluation: reconstruct every test event with the learned pipeline and the baselines; write the report.
 
+The headline method of the report is the one of ``--builder``; the others are its baselines.
 Data sets: ``sim-pu<level>`` (``eval_events`` fresh simulated events per ``eval_pileup`` level, seeds disjoint
 from training) and the real events of ``--data`` (default: the embedded TrackML subset). Methods:
 
-* ``gnn`` (the full method): embedding -> kNN graph -> GNN edge scores -> best-neighbour chaining
+* ``gnn``: embedding -> kNN graph -> GNN edge scores -> best-neighbour chaining
   (:func:`apps.tracking.model.chain_tracks`);
 * ``gnn_cc``: the same edge scores, edge-score cut + connected components (the standard baseline builder);
+* ``gnn_learned`` (the full method, ``--builder learned``, the default): the same GNN, then the learned
+  clusterer (set transformer over pivots, :mod:`apps.tracking.cluster`), when the run directory has one;
 * ``dbscan``: DBSCAN on the TrackML starter-kit helix-transformed coordinates, eps tuned on training events.
 
 Metrics per data set (means over events): ``trackml_score``, ``efficiency``, ``fake_rate`` (see
@@ -46,14 +49,17 @@ __all__ = ["reconstruct", "evaluate_events", "evaluate", "EVAL_SEED", "PT_BINS"]
 
 EVAL_SEED = 2_000_000
 PT_BINS = np.array([0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0])
-METHOD_NAMES = {"gnn": "GNN + chaining", "gnn_cc": "GNN + cut/CC", "dbscan": "DBSCAN (helix coords)"}
+METHOD_NAMES = {"gnn": "GNN + chaining", "gnn_cc": "GNN + cut/CC", "gnn_learned": "GNN + learned clusterer",
+                "dbscan": "DBSCAN (helix coords)"}
+BUILDER_METHOD = {"chain": "gnn", "cc": "gnn_cc", "learned": "gnn_learned"}
 
 
 @torch.no_grad()
 def reconstruct(embed: HitEmbedding, gnn: EdgeGNN, xyz: np.ndarray, k: int, cut: float,
-                min_hits: int = 3, cc_cut: float | None = None) -> dict:
-    """The learned pipeline on one event's hit positions (mm): edges, scores, track ids of both builders,
-    and the wall time of each stage."""
+                min_hits: int = 3, cc_cut: float | None = None, clusterer: tuple | None = None,
+                candidates: int = 32, cluster_cut: float = 0.5, cluster_hops: int = 0) -> dict:
+    """The learned pipeline on one event's hit positions (mm): edges, scores, track ids of the builders
+    (``tracks_learned`` with ``clusterer`` = (net, threshold)), and the wall time of each stage."""
     t = [time.perf_counter()]
     feats = hit_features(xyz)
     emb = embed(feats)
@@ -61,15 +67,30 @@ def reconstruct(embed: HitEmbedding, gnn: EdgeGNN, xyz: np.ndarray, k: int, cut:
     edges = knn_graph(emb, k)
     t.append(time.perf_counter())
     x = torch.as_tensor(np.asarray(xyz, dtype=np.float32))
-    scores = torch.sigmoid(gnn(feats, emb, x, edges)).numpy() if edges.shape[1] else np.zeros(0)
+    if clusterer is not None:
+        from apps.tracking.cluster import gnn_node_repr
+
+        z, scores_t = gnn_node_repr(gnn, feats, emb, x, edges)
+        scores = scores_t.numpy()
+    else:
+        scores = torch.sigmoid(gnn(feats, emb, x, edges)).numpy() if edges.shape[1] else np.zeros(0)
     t.append(time.perf_counter())
     e = edges.numpy()
     tracks = chain_tracks(len(xyz), e, scores, np.asarray(xyz), cut, min_hits)
     t.append(time.perf_counter())
     tracks_cc = connected_components_tracks(len(xyz), e, scores, cut if cc_cut is None else cc_cut, min_hits)
     stages = {"embed": t[1] - t[0], "graph": t[2] - t[1], "gnn": t[3] - t[2], "build": t[4] - t[3]}
-    return {"edges": e, "scores": scores, "tracks": tracks, "tracks_cc": tracks_cc, "stages": stages,
-            "seconds": t[4] - t[0]}
+    out = {"edges": e, "scores": scores, "tracks": tracks, "tracks_cc": tracks_cc, "stages": stages,
+           "seconds": t[4] - t[0]}
+    if clusterer is not None:
+        from apps.tracking.cluster import cluster_event, resolve_tracks
+
+        t5 = time.perf_counter()
+        cand, prob = cluster_event(clusterer[0], z, emb, x, edges, scores_t, candidates, cluster_cut, cluster_hops)
+        out["tracks_learned"] = resolve_tracks(len(xyz), cand, prob, clusterer[1], min_hits)
+        stages["cluster"] = time.perf_counter() - t5
+        out["seconds_learned"] = t[3] - t[0] + stages["cluster"]
+    return out
 
 
 def _pt_map(ev: Event) -> dict | None:
@@ -80,25 +101,30 @@ def _pt_map(ev: Event) -> dict | None:
 
 
 def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuning: dict, cfg: TrackingConfig,
-                    keep_first: bool = True) -> dict:
+                    keep_first: bool = True, clusterer: tuple | None = None) -> dict:
     """Per-method mean metrics over ``events`` plus efficiency-vs-pT counts and the first event's tracks."""
-    per = {m: [] for m in METHOD_NAMES}
-    eff_pt = {m: [np.zeros(len(PT_BINS) - 1), np.zeros(len(PT_BINS) - 1)] for m in METHOD_NAMES}
+    methods = [m for m in METHOD_NAMES if m != "gnn_learned" or clusterer is not None]
+    per = {m: [] for m in methods}
+    eff_pt = {m: [np.zeros(len(PT_BINS) - 1), np.zeros(len(PT_BINS) - 1)] for m in methods}
     display = None
     for ev in events:
         pid, w = ev.particle_ids(), ev.weights()
         xyz = ev.hits[["x", "y", "z"]].to_numpy(dtype=np.float64)
         r, z = np.hypot(xyz[:, 0], xyz[:, 1]), xyz[:, 2]
         cut = tuning["edge_cut"]
-        rec = reconstruct(embed, gnn, xyz, cfg.k, cut, cfg.min_hits, tuning["cc_cut"])
+        rec = reconstruct(embed, gnn, xyz, cfg.k, cut, cfg.min_hits, tuning["cc_cut"], clusterer,
+                          cfg.cluster_candidates, cfg.cluster_cut, cfg.cluster_hops)
         t0 = time.perf_counter()
         db = dbscan_tracks(xyz, tuning["dbscan_eps"])
         t_db = time.perf_counter() - t0
         graph = edge_metrics(rec["edges"], pid, r, z)
         kept = edge_metrics(rec["edges"][:, rec["scores"] > cut], pid, r, z)
         pts = _pt_map(ev)
-        for m, tracks, secs in (("gnn", rec["tracks"], rec["seconds"]), ("gnn_cc", rec["tracks_cc"], rec["seconds"]),
-                                ("dbscan", db, t_db)):
+        runs = [("gnn", rec["tracks"], rec["seconds"]), ("gnn_cc", rec["tracks_cc"], rec["seconds"]),
+                ("dbscan", db, t_db)]
+        if clusterer is not None:
+            runs.insert(2, ("gnn_learned", rec["tracks_learned"], rec["seconds_learned"]))
+        for m, tracks, secs in runs:
             row = {"trackml_score": trackml_score(tracks, pid, w), **track_metrics(tracks, pid),
                    "seconds_per_event": secs, "seconds_per_10k_hits": secs / len(pid) * 1e4, "hits": len(pid)}
             if m != "dbscan":
@@ -110,7 +136,9 @@ def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuni
             eff_pt[m][0] += mat
             eff_pt[m][1] += tot
         if display is None and keep_first:
-            display = {"xyz": xyz, "pid": pid, "gnn": rec["tracks"], "dbscan": db, "name": ev.name}
+            display = {"xyz": xyz, "pid": pid, "gnn": rec.get(BUILDER_METHOD[cfg.builder].replace("gnn", "tracks"),
+                                                              rec["tracks"]),
+                       "dbscan": db, "name": ev.name, "label": METHOD_NAMES[BUILDER_METHOD[cfg.builder]]}
     out = {}
     for m, rows in per.items():
         keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float))]
@@ -128,7 +156,7 @@ def _event_display(d: dict, path: Path, title: str) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 11))
     xyz = d["xyz"]
     r = np.hypot(xyz[:, 0], xyz[:, 1])
-    for row, (key, label) in enumerate((("gnn", "GNN + chaining"), ("dbscan", "DBSCAN"))):
+    for row, (key, label) in enumerate((("gnn", d.get("label", "GNN + chaining")), ("dbscan", "DBSCAN"))):
         lab = d[key]
         u, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
         is_track = cnt[inv] >= 4
@@ -152,7 +180,9 @@ def _eff_pt_plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
     centres = np.sqrt(PT_BINS[:-1] * PT_BINS[1:])
     for ax, name in zip(axes[0], names):
-        for m, style in (("gnn", "o-"), ("gnn_cc", "s--"), ("dbscan", "^:")):
+        for m, style in (("gnn", "o-"), ("gnn_cc", "s--"), ("gnn_learned", "d-."), ("dbscan", "^:")):
+            if m not in results[name]["eff_pt"]:
+                continue
             mat, tot = results[name]["eff_pt"][m]
             ok = tot > 0
             ax.plot(centres[ok], mat[ok] / tot[ok], style, label=METHOD_NAMES[m])
@@ -173,8 +203,11 @@ def _score_plot(metrics: dict, path: Path) -> None:
     names = list(metrics)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 3.8))
-    for i, m in enumerate(METHOD_NAMES):
-        ax.bar(x + (i - 1) * 0.27, [metrics[n][m]["trackml_score"] for n in names], 0.27, label=METHOD_NAMES[m])
+    methods = [m for m in METHOD_NAMES if m in metrics[names[0]]]
+    w = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        ax.bar(x + (i - (len(methods) - 1) / 2) * w, [metrics[n][m]["trackml_score"] for n in names], w,
+               label=METHOD_NAMES[m])
     ax.set_xticks(x, names)
     ax.set_ylabel("TrackML score")
     ax.set_ylim(0, 1)
@@ -208,7 +241,7 @@ def _markdown(report: dict) -> str:
 
 def evaluate(cfg: TrackingConfig, train: bool = False, started: float | None = None) -> dict:
     """(Fit if ``train``,) evaluate, and write report.json / report.md / plots into ``cfg.run_dir``."""
-    from apps.tracking.train import _quiet, data_split, fit, load_models
+    from apps.tracking.train import _quiet, data_split, fit, load_clusterer, load_models
 
     started = time.perf_counter() if started is None else started
     cfg.validate()
@@ -220,16 +253,19 @@ def evaluate(cfg: TrackingConfig, train: bool = False, started: float | None = N
     if train:
         fit(cfg)
     embed, gnn, tuning = load_models(cfg)
+    clusterer = load_clusterer(cfg, required=cfg.builder == "learned")
+    if clusterer is not None:
+        tuning = {**tuning, "cluster_threshold": clusterer[1]}
     geo = Geometry.from_file(find_detectors(cfg.data))
     root = Path(cfg.run_dir)
     results = {}
     for level in cfg.eval_pileup:
         name = f"sim-pu{level:g}"
         print(f"[tracking] evaluating {name} ({cfg.eval_events} events)")
-        results[name] = evaluate_events(_sim_events(cfg, geo, level), embed, gnn, tuning, cfg)
+        results[name] = evaluate_events(_sim_events(cfg, geo, level), embed, gnn, tuning, cfg, clusterer=clusterer)
     real_name = dataset_name(cfg.data)
     print(f"[tracking] evaluating {real_name} ({len(real)} events)")
-    results[real_name] = evaluate_events(real, embed, gnn, tuning, cfg)
+    results[real_name] = evaluate_events(real, embed, gnn, tuning, cfg, clusterer=clusterer)
     per_dataset = {n: r["metrics"] for n, r in results.items()}
     plots = []
     for n, r in results.items():
@@ -246,16 +282,19 @@ def evaluate(cfg: TrackingConfig, train: bool = False, started: float | None = N
     names = ("trackml_score", "efficiency", "fake_rate", "edge_efficiency", "edge_purity",
              "graph_edge_efficiency", "graph_edge_purity", "seconds_per_10k_hits")
     main = per_dataset[real_name]
+    head = BUILDER_METHOD[cfg.builder]
+    builder_text = {"gnn": "chaining", "gnn_cc": "cut + connected components",
+                    "gnn_learned": "learned clusterer (set transformer over pivots)"}[head]
     report = {
         "app": "tracking",
         "dataset": real_name,
-        "method": "hit embedding (SupCon) + kNN graph + GNN (focal + per-particle edge contrastive) + chaining",
-        "metrics": {**{k: main["gnn"].get(k) for k in names},
-                    "per_dataset": {n: {k: v["gnn"].get(k) for k in names} for n, v in per_dataset.items()}},
+        "method": "hit embedding (SupCon) + kNN graph + GNN (focal + per-particle edge contrastive) + " + builder_text,
+        "metrics": {**{k: main[head].get(k) for k in names},
+                    "per_dataset": {n: {k: v[head].get(k) for k in names} for n, v in per_dataset.items()}},
         "baselines": {m: {**{k: main[m].get(k) for k in names if k in main[m]},
                           "per_dataset": {n: {k: v[m].get(k) for k in names if k in v[m]}
                                           for n, v in per_dataset.items()}}
-                      for m in ("dbscan", "gnn_cc")},
+                      for m in METHOD_NAMES if m != head and m in main},
         "seconds": time.perf_counter() - started,
         "config": {**cfg.to_dict(), "tuned": tuning},
         "per_dataset": per_dataset,

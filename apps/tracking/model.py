@@ -13,7 +13,8 @@ r"""The learned pipeline: hit features -> metric embedding -> kNN graph -> GNN e
    :math:`\mathrm{MLP}([z_i \odot z_j, |z_i - z_j|, a_{ij}])` (symmetric in i, j).
 4. **Losses** on edges: a class-balanced focal loss (:func:`focal_edge_loss`, gamma = 1) and HyperTrack's
    per-particle edge contrastive loss (:func:`edge_contrastive_loss`).
-5. **Track building**: best-neighbour chaining (:func:`chain_tracks`, the full method) and edge-score cut +
+5. **Track building**: best-neighbour chaining (:func:`chain_tracks`; the learned clusterer, the full method,
+   is in :mod:`apps.tracking.cluster`) and edge-score cut +
    connected components (:func:`connected_components_tracks`, the baseline builder); the DBSCAN baseline
    (:func:`dbscan_tracks`).
 """

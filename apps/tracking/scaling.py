@@ -3,7 +3,8 @@
 Events of growing pile-up are simulated (about 555 hits per unit of pile-up, so pile-up 200 is a full-size
 ~110k-hit TrackML event), then reconstructed by the trained pipeline. Peak memory is the resident-set size
 sampled every 2 ms during the reconstruction, minus the resident size just before it (so it is the extra
-memory one event needs). Times are wall-clock seconds on this (possibly shared) CPU, the best of ``repeats``.
+memory one event needs; with a learned clusterer in the run directory, both builders run inside it). Times
+are wall-clock seconds on this (possibly shared) CPU, the best of ``repeats``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class PeakRSS:
 def scaling(cfg: TrackingConfig, hits: list[int], repeats: int = 2) -> dict:
     """Measure and write ``scaling.json`` / ``scaling.png`` into ``cfg.run_dir``; returns the rows."""
     from apps.tracking.evaluate import reconstruct
-    from apps.tracking.train import _quiet, load_models
+    from apps.tracking.train import _quiet, load_clusterer, load_models
 
     _quiet()
     if not hits or any(h < 100 for h in hits):
@@ -73,21 +74,24 @@ def scaling(cfg: TrackingConfig, hits: list[int], repeats: int = 2) -> dict:
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
     embed, gnn, tuning = load_models(cfg)
+    clusterer = load_clusterer(cfg)  # the learned builder is timed too when this run directory has one
     geo = Geometry.from_file(find_detectors(cfg.data))
     rows = []
     for target in hits:
         ev = simulate_event(geo, cfg.sim(max(target / HITS_PER_PILEUP, 0.1)), seed=3_000_000 + target)
         xyz = ev.hits[["x", "y", "z"]].to_numpy(dtype=np.float64)
-        best, peak, stages = float("inf"), 0, {}
+        best, peak, stages, best_learned = float("inf"), 0, {}, None
         for _ in range(repeats):
             with PeakRSS() as mem:
-                rec = reconstruct(embed, gnn, xyz, cfg.k, tuning["edge_cut"], cfg.min_hits, tuning["cc_cut"])
+                rec = reconstruct(embed, gnn, xyz, cfg.k, tuning["edge_cut"], cfg.min_hits, tuning["cc_cut"],
+                                  clusterer, cfg.cluster_candidates, cfg.cluster_cut, cfg.cluster_hops)
             peak = max(peak, mem.peak)
             if rec["seconds"] < best:
-                best, stages = rec["seconds"], rec["stages"]
+                best, stages, best_learned = rec["seconds"], rec["stages"], rec.get("seconds_learned")
         row = {"hits": len(xyz), "seconds": best, "seconds_per_10k_hits": best / len(xyz) * 1e4,
                "peak_mem_mb": peak / 2 ** 20, "edges": int(rec["edges"].shape[1]),
-               **{f"s_{k}": v for k, v in stages.items()}}
+               **{f"s_{k}": v for k, v in stages.items()},
+               **({"seconds_learned": best_learned} if best_learned is not None else {})}
         rows.append(row)
         print(f"[tracking] {row['hits']:>7d} hits: {best:7.2f} s ({row['seconds_per_10k_hits']:.2f} s / 10k hits), "
               f"peak +{row['peak_mem_mb']:.0f} MB, {row['edges']} edges; " +
@@ -97,9 +101,12 @@ def scaling(cfg: TrackingConfig, hits: list[int], repeats: int = 2) -> dict:
     (root / "scaling.json").write_text(json.dumps({"rows": rows, "threads": _threads(), "k": cfg.k}, indent=2))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     h = [r["hits"] for r in rows]
-    for key in ("embed", "graph", "gnn", "build"):
-        a1.plot(h, [r[f"s_{key}"] for r in rows], "o-", label=key)
-    a1.plot(h, [r["seconds"] for r in rows], "k*-", label="total")
+    for key in ("embed", "graph", "gnn", "build", "cluster"):
+        if f"s_{key}" in rows[0]:
+            a1.plot(h, [r[f"s_{key}"] for r in rows], "o-", label=key if key != "build" else "build (chaining)")
+    a1.plot(h, [r["seconds"] for r in rows], "k*-", label="total (chaining)")
+    if "seconds_learned" in rows[0]:
+        a1.plot(h, [r["seconds_learned"] for r in rows], "k^--", label="total (learned clusterer)")
     a2.plot(h, [r["peak_mem_mb"] for r in rows], "o-")
     for a, yl in ((a1, "seconds per event"), (a2, "peak extra memory [MB]")):
         a.set_xscale("log")

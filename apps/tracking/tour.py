@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from apps.tracking.config import TrackingConfig
-from apps.tracking.evaluate import METHOD_NAMES, evaluate
+from apps.tracking.evaluate import BUILDER_METHOD, METHOD_NAMES, evaluate
 from core.tour import register_tour
 
 __all__ = ["tracking_tour"]
@@ -24,7 +24,8 @@ def tracking_tour(out_dir: Path, quick: bool) -> list[dict]:
     rows = []
     for i, (name, per) in enumerate(report["per_dataset"].items()):
         rows.append({"app": "tracking (GNN)", "dataset": name, "metric": "TrackML score",
-                     "value": per["gnn"]["trackml_score"], "baseline": per["dbscan"]["trackml_score"],
+                     "value": per[BUILDER_METHOD[cfg.builder]]["trackml_score"],
+                     "baseline": per["dbscan"]["trackml_score"],
                      "baseline_name": METHOD_NAMES["dbscan"], "seconds": seconds,
                      **({"plots": report["plots"]} if i == 0 else {})})
     return rows

@@ -6,6 +6,8 @@ Run-directory layout (``RUN_DIR/``)::
     embed/embed.pt                the trained hit embedding (stage done)
     gnn/gnn.pt                    the trained GNN edge classifier (stage done)
     tuning.json                   edge-score cuts and the DBSCAN eps chosen on (up to 6) training events
+    cluster/cluster.pt            the trained learned clusterer (set transformer over pivots; stage done)
+    cluster/tuning.json           its membership threshold chosen on (up to 4) training events
     */checkpoints/last.ckpt       Lightning checkpoints: an interrupted stage resumes from here
 
 A stage whose ``.pt`` file exists is skipped, so re-running ``fit`` after an interruption continues where it
@@ -42,13 +44,13 @@ from apps.tracking.model import (
 from apps.tracking.simulate import Geometry, simulate_event
 from core.training import fit_with_resume, seed_everything
 
-__all__ = ["prepare_event", "data_split", "training_events", "EmbedModule", "GNNModule", "fit", "load_models",
-           "TRAIN_SEED"]
+__all__ = ["prepare_event", "data_split", "training_events", "EmbedModule", "GNNModule", "ClusterModule", "fit",
+           "load_models", "load_clusterer", "TRAIN_SEED"]
 
 TRAIN_SEED = 1_000_000  # simulated training events use seeds TRAIN_SEED + seed * 10_000 + i
 # settings that do not change the trained artefacts (may differ between fit and evaluate)
 _NON_ARTEFACT = ("data", "run_dir", "eval_pileup", "eval_events", "edge_cut", "min_hits", "threads",
-                 "progress")
+                 "progress", "builder", "cluster_threshold")
 
 
 def prepare_event(ev: Event) -> dict:
@@ -140,6 +142,86 @@ class GNNModule(L.LightningModule):
         return _cosine(torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=1e-4), self.total_steps)
 
 
+class ClusterModule(L.LightningModule):
+    """Stage 3: the learned clusterer (:mod:`apps.tracking.cluster`) on the frozen embedding and GNN: random
+    pivots per event, their candidate sets, focal BCE on "candidate is of the pivot's particle"."""
+
+    def __init__(self, cfg: TrackingConfig, total_steps: int) -> None:
+        super().__init__()
+        from apps.tracking.cluster import PivotSetNet
+
+        self.cfg, self.total_steps = cfg, total_steps
+        self.net = PivotSetNet(cfg.gnn_hidden, cfg.cluster_dim, cfg.cluster_layers)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 2)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        from apps.tracking.cluster import candidate_sets, set_labels, set_loss, set_tokens
+
+        pool = batch["pivot_pool"]
+        pick = pool[torch.randperm(len(pool), generator=self.gen)[: self.cfg.cluster_pivots]]
+        cand = candidate_sets(batch["emb"], pick, self.cfg.cluster_candidates, batch["edges"], batch["scores"],
+                              self.cfg.cluster_cut, self.cfg.cluster_hops)
+        tok = set_tokens(batch["z"], batch["emb"], batch["xyz"], batch["edges"], batch["scores"], cand)
+        loss = set_loss(self.net(tok), set_labels(batch["pid"], cand), self.cfg.focal_gamma)
+        self.log("loss", loss, prog_bar=True, batch_size=1)
+        return loss
+
+    def configure_optimizers(self):
+        return _cosine(torch.optim.AdamW(self.parameters(), lr=self.cfg.cluster_lr, weight_decay=1e-4),
+                       self.total_steps)
+
+
+@torch.no_grad()
+def cluster_inputs(gnn: EdgeGNN, graph: dict) -> dict:
+    """Add the frozen GNN's node representation, edge probabilities and the pivot pool to an event graph."""
+    from apps.tracking.cluster import gnn_node_repr
+
+    z, scores = gnn_node_repr(gnn, graph["feats"], graph["emb"], graph["xyz"], graph["edges"])
+    has = torch.zeros(len(z), dtype=torch.bool)
+    has[graph["edges"].reshape(-1)] = True
+    pool = torch.nonzero(has).squeeze(1)
+    return {**graph, "z": z, "scores": scores, "pivot_pool": pool if len(pool) else torch.arange(len(z))}
+
+
+CLUSTER_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+@torch.no_grad()
+def tune_cluster_threshold(cfg: TrackingConfig, net, inputs: list[dict]) -> dict:
+    """Membership threshold of the learned clusterer with the best mean TrackML score on (up to 4) events."""
+    from apps.tracking.cluster import cluster_event, resolve_tracks
+
+    res = {t: [] for t in CLUSTER_THRESHOLDS}
+    for g in inputs[:4]:
+        cand, prob = cluster_event(net, g["z"], g["emb"], g["xyz"], g["edges"], g["scores"], cfg.cluster_candidates,
+                                   cfg.cluster_cut, cfg.cluster_hops)
+        for t in CLUSTER_THRESHOLDS:
+            lab = resolve_tracks(len(g["z"]), cand, prob, t, cfg.min_hits)
+            res[t].append(trackml_score(lab, g["pid"].numpy(), g["weight"].numpy()))
+    mean = {t: float(np.mean(v)) for t, v in res.items()}
+    return {"cluster_threshold": max(mean, key=mean.get), "threshold_scores": {str(t): v for t, v in mean.items()}}
+
+
+def load_clusterer(cfg: TrackingConfig, required: bool = False):
+    """The trained learned clusterer and its threshold (``--cluster-threshold`` wins), or None when this run
+    directory has none (``required``: raise instead)."""
+    from apps.tracking.cluster import PivotSetNet
+
+    root = Path(cfg.run_dir) / "cluster"
+    pt, tj = root / "cluster.pt", root / "tuning.json"
+    if not (pt.is_file() and tj.is_file()):
+        if required:
+            raise DataError(f"no trained learned clusterer in {root}: run `python -m apps.tracking fit` with the "
+                            "same options first")
+        return None
+    net = PivotSetNet(cfg.gnn_hidden, cfg.cluster_dim, cfg.cluster_layers)
+    net.load_state_dict(torch.load(pt, weights_only=True))
+    thr = json.loads(tj.read_text())["cluster_threshold"]
+    if cfg.cluster_threshold is not None:
+        thr = cfg.cluster_threshold
+    return net.eval(), float(thr)
+
+
 def _trainer_kwargs(cfg: TrackingConfig, epochs: int) -> dict:
     return {"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "enable_progress_bar": cfg.progress,
             "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
@@ -165,11 +247,18 @@ def _check_config(cfg: TrackingConfig, root: Path) -> None:
     path = root / "config.json"
     mine = {k: v for k, v in cfg.to_dict().items() if k not in _NON_ARTEFACT}
     if path.is_file():
-        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in _NON_ARTEFACT}
-        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        full = json.loads(path.read_text())
+        old = {k: v for k, v in full.items() if k not in _NON_ARTEFACT}
+        # options added after the run directory was made (absent from its config.json) only concern later stages
+        diff = sorted(k for k in old if old.get(k) != mine.get(k))
         if diff:
             raise DataError(f"{root} holds models trained with other settings ({', '.join(diff)}); use another "
                             "--run-dir or delete that directory")
+        new = {k: v for k, v in cfg.to_dict().items() if k not in full}
+        if new:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**full, **new}, indent=2))
+            os.replace(tmp, path)
     else:
         root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -249,7 +338,8 @@ def fit(cfg: TrackingConfig) -> Path:
     seed_everything(cfg.seed)
     geo = Geometry.from_file(find_detectors(cfg.data))
     embed_pt, gnn_pt, db_json = root / "embed" / "embed.pt", root / "gnn" / "gnn.pt", root / "tuning.json"
-    if embed_pt.is_file() and gnn_pt.is_file() and db_json.is_file():
+    cl_pt, cl_json = root / "cluster" / "cluster.pt", root / "cluster" / "tuning.json"
+    if all(p.is_file() for p in (embed_pt, gnn_pt, db_json, cl_pt, cl_json)):
         print(f"[tracking] models already trained in {root}")
         return root
     events = training_events(cfg, geo)
@@ -277,4 +367,19 @@ def fit(cfg: TrackingConfig) -> Path:
         tmp = db_json.with_suffix(".tmp")
         tmp.write_text(json.dumps({**cuts, "dbscan_eps": eps, "dbscan_scores": scores}, indent=2))
         os.replace(tmp, db_json)
+    if not (cl_pt.is_file() and cl_json.is_file()):
+        gnn = GNNModule(cfg, 1).net
+        gnn.load_state_dict(torch.load(gnn_pt, weights_only=True))
+        inputs = [cluster_inputs(gnn.eval(), g) for g in graphs]
+        if not cl_pt.is_file():
+            module = ClusterModule(cfg, cfg.cluster_epochs * len(inputs))
+            fit_with_resume(_trainer_kwargs(cfg, cfg.cluster_epochs), module, _Loader(inputs, cfg.seed + 2),
+                            root / "cluster")
+            cl_pt.parent.mkdir(parents=True, exist_ok=True)
+            _save_atomic(module.net.state_dict(), cl_pt)
+        net = ClusterModule(cfg, 1).net
+        net.load_state_dict(torch.load(cl_pt, weights_only=True))
+        tmp = cl_json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(tune_cluster_threshold(cfg, net.eval(), inputs), indent=2))
+        os.replace(tmp, cl_json)
     return root

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[3]
 TINY = ["--train-events", "2", "--train-pileup", "1", "--eval-pileup", "1", "--eval-events", "1",
         "--embed-epochs", "1", "--gnn-epochs", "1", "--embed-hidden", "16", "--embed-depth", "1",
         "--gnn-hidden", "8", "--gnn-layers", "1", "--dbscan-eps", "0.05", "--k", "4", "--no-progress",
-        "--threads", "1"]
+        "--threads", "1", "--cluster-epochs", "1", "--cluster-dim", "8", "--cluster-layers", "1",
+        "--cluster-pivots", "64", "--cluster-candidates", "8"]
 
 
 def test_help_lists_every_option() -> None:
@@ -68,7 +69,8 @@ def test_tiny_run_report_resume_and_tour(tmp_path: Path, capsys) -> None:
     for name in ("trackml_score", "efficiency", "fake_rate", "edge_efficiency", "edge_purity"):
         assert name in report["metrics"]
     assert 0 <= report["metrics"]["trackml_score"] <= 1
-    assert set(report["baselines"]) == {"dbscan", "gnn_cc"}
+    assert "learned clusterer" in report["method"]  # the default builder
+    assert set(report["baselines"]) == {"dbscan", "gnn_cc", "gnn"}
     assert set(report["metrics"]["per_dataset"]) == {"sim-pu1", "trackml-subset"}
     for p in report["plots"]:
         assert Path(p).stat().st_size > 0
@@ -79,6 +81,22 @@ def test_tiny_run_report_resume_and_tour(tmp_path: Path, capsys) -> None:
     assert main(["fit", "--run-dir", str(run_dir), *TINY]) == 0
     assert (run_dir / "gnn" / "gnn.pt").is_file()
     assert sorted((run_dir / "gnn" / "checkpoints").glob("*.ckpt")) == ckpts  # no new training steps
+    # the same for the learned-clusterer stage
+    (run_dir / "cluster" / "cluster.pt").unlink()
+    ckpts = sorted((run_dir / "cluster" / "checkpoints").glob("*.ckpt"))
+    assert ckpts and main(["fit", "--run-dir", str(run_dir), *TINY]) == 0
+    assert (run_dir / "cluster" / "cluster.pt").is_file()
+    assert sorted((run_dir / "cluster" / "checkpoints").glob("*.ckpt")) == ckpts
+    # a run directory made before the clusterer options existed is still accepted (and its config completed)
+    old = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({k: v for k, v in old.items() if not k.startswith("cluster")}))
+    assert main(["fit", "--run-dir", str(run_dir), *TINY]) == 0
+    assert json.loads((run_dir / "config.json").read_text()) == old
+    # --builder chain makes chaining the headline method; the learned clusterer becomes a baseline
+    assert main(["evaluate", "--run-dir", str(run_dir), *TINY, "--builder", "chain"]) == 0
+    chain = json.loads((run_dir / "report.json").read_text())
+    assert "chaining" in chain["method"] and set(chain["baselines"]) == {"dbscan", "gnn_cc", "gnn_learned"}
+    assert chain["metrics"]["trackml_score"] == report["baselines"]["gnn"]["trackml_score"]
     # other model settings in the same run directory are refused
     capsys.readouterr()
     assert main(["fit", "--run-dir", str(run_dir), *TINY, "--gnn-hidden", "12"]) == 2
