@@ -19,7 +19,7 @@ Contrastive terms on the last-position representation :math:`h` of a sequence (d
 * DuoRec (Qiu et al., WSDM 2022): an unsupervised dropout view of the sequence (a second forward pass) and a
   supervised view, another training prefix with the same next item; the loss is SupCon-style over the 2B
   views with the target item as label, so same-target rows are positives and never negatives (false-negative
-  masking): :func:`supervised_dot_contrast` on :func:`core.losses.engine.run_contrast`.
+  masking): :func:`supervised_dot_contrast`, i.e. :func:`core.losses.sup_con` with dot similarity.
 * MCLRec (Qin et al., SIGIR 2023): learnable augmenters :math:`w_{\phi_1}, w_{\phi_2}` (64 -> 32 -> 16 -> 64,
   GELU, L2-normalised), :math:`L_{cl1} = L_{con}(\tilde h_1, \tilde h_2)`,
   :math:`L_{cl2} = L_{con}(\tilde z_1, \tilde z_2) + L_{con}(\tilde h_1, \tilde z_2) + L_{con}(\tilde h_2, \tilde z_1)`
@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses import nt_xent
-from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+from core.losses import nt_xent, sup_con
 from core.training import ContrastiveModule
 
 __all__ = ["SASRec", "Augmenter", "augment_views", "crop", "mask", "reorder", "supervised_dot_contrast",
@@ -169,17 +168,11 @@ def supervised_dot_contrast(z1: Tensor, z2: Tensor, labels: Tensor, temperature:
         \ell_a = -\frac{1}{|P(a)|}\sum_{p\in P(a)}
             \log\frac{e^{z_a\cdot z_p/\tau}}{\sum_{k\ne a} e^{z_a\cdot z_k/\tau}}
 
-    so a same-target row is never a negative (DuoRec's false-negative masking). Computed by the core engine
-    (:func:`core.losses.engine.run_contrast`, ``positive="label"``), i.e. :func:`core.losses.sup_con` with dot
-    instead of cosine similarity.
+    so a same-target row is never a negative (DuoRec's false-negative masking): :func:`core.losses.sup_con`
+    with dot-product similarity over the two views.
     """
-    z = prepare(torch.cat([z1, z2]), "dot")
-    y = labels.repeat(2)
-    ids = torch.arange(z.shape[0], device=z.device)
-    spec = ContrastSpec(positive="label", exclude_self=True)
-    row, _ = run_contrast(spec, z, z, to_scale(temperature, z), row_meta={"label": y, "self_id": ids},
-                          col_meta={"label": y})
-    return (row[:, 0] - row[:, 1] / row[:, 2].clamp_min(1)).mean()
+    return sup_con(torch.stack([z1, z2], 1), labels, temperature=temperature, base_temperature=temperature,
+                   similarity="dot")
 
 
 def mclrec_regularizer(a: Tensor, b: Tensor) -> Tensor:

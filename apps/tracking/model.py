@@ -2,7 +2,7 @@ r"""The learned pipeline: hit features -> metric embedding -> kNN graph -> GNN e
 
 1. **Hit embedding** (:class:`HitEmbedding`): an MLP from the hit's cylindrical coordinates to a unit vector;
    trained with the supervised contrastive loss (Khosla et al. 2020) with particle ids as labels
-   (:func:`hit_contrastive_loss`, run on :func:`core.losses.engine.run_contrast`, tiled for large events) so
+   (:func:`hit_contrastive_loss`, :func:`core.losses.sup_con` with an anchor mask, tiled for large events) so
    hits of one particle are close and other hits far.
 2. **Graph** (:func:`knn_graph`): every hit linked to its k nearest neighbours in that space (faiss exact
    inner-product search; PyG's ``knn_graph`` needs torch-cluster, which does not install here), symmetrised.
@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
-from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+from core.losses import sup_con
 
 __all__ = [
     "hit_features", "HitEmbedding", "hit_contrastive_loss", "knn_graph", "edge_attributes", "SuperEdgeConv",
@@ -84,10 +84,9 @@ def hit_contrastive_loss(emb: Tensor, particle_id: Tensor, *, temperature: float
 
     .. math::  \ell_a = -\frac{1}{|P(a)|} \sum_{p \in P(a)} \log \frac{e^{s_{ap}/\tau}}{\sum_{k \ne a} e^{s_{ak}/\tau}}
 
-    with cosine similarities :math:`s`. Noise hits (``particle_id`` 0) are only negatives. Runs on the core
-    engine (:func:`core.losses.engine.run_contrast`): ``tile_size`` bounds the memory to anchors x tile.
-    ``core.losses.sup_con`` itself is not used because it makes every sample an anchor and requires each to
-    have a positive, which noise hits and single-hit particles do not.
+    with cosine similarities :math:`s`. Noise hits (``particle_id`` 0) are only negatives. This is
+    :func:`core.losses.sup_con` with an ``anchor_mask`` (so noise hits and single-hit particles take part as
+    negatives only); ``tile_size`` bounds the memory to anchors x tile.
     """
     pid = particle_id.to(emb.device).long()
     n = len(pid)
@@ -100,13 +99,10 @@ def hit_contrastive_loss(emb: Tensor, particle_id: Tensor, *, temperature: float
         cand = cand[torch.randperm(len(cand), generator=generator)[:max_anchors].to(cand.device)]
     # noise hits get unique negative labels so they are never positives
     labels = torch.where(pid == 0, -1 - torch.arange(n, device=pid.device), pid)
-    z = prepare(emb, "cosine")
-    spec = ContrastSpec(positive="label", exclude_self=True, pos_stat="sum")
-    row, _ = run_contrast(spec, z[cand], z, to_scale(temperature, z),
-                          row_meta={"label": labels[cand], "self_id": cand}, col_meta={"label": labels},
-                          tile_size=tile_size)
-    per_anchor = row[:, 0] - row[:, 1] / row[:, 2].clamp_min(1)
-    return per_anchor.mean()
+    anchor_mask = torch.zeros(n, dtype=torch.bool, device=emb.device)
+    anchor_mask[cand] = True
+    return sup_con(emb[:, None, :], labels, temperature=temperature, base_temperature=temperature,
+                   anchor_mask=anchor_mask, tile_size=tile_size)
 
 
 @torch.no_grad()
