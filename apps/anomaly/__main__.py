@@ -12,14 +12,13 @@ Re-running an interrupted command resumes from the run directory's checkpoints.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
-import typing
 from collections.abc import Sequence
 
 from apps.anomaly.config import HELP, AnomalyConfig, load_yaml
 from apps.anomaly.data import DataError
+from core.training.options import add_dataclass_options, options_from_args
 
 VERBS = {
     "pretrain": "self-supervised NT-Xent pre-training of the encoder(s) on the unlabelled pool",
@@ -28,16 +27,6 @@ VERBS = {
     "evaluate": "score the test splits with MSC and every baseline; write report.json, report.md and plots",
     "run": "fit, then evaluate",
 }
-
-
-def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
-    """(element type, is_list) of a dataclass field."""
-    hint = typing.get_type_hints(AnomalyConfig)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if typing.get_origin(hint) is not list and args else hint
-    if typing.get_origin(base) is list:
-        return typing.get_args(base)[0], True
-    return base, False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,28 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file of options (keys as below, with underscores)")
         p.add_argument("--quick", action="store_true", default=False,
                        help="quick preset (one digit / one table, small subset, few epochs; < 2 min on 2 CPU cores)")
-        for f in dataclasses.fields(AnomalyConfig):
-            typ, is_list = _field_type(f)
-            d, q = getattr(defaults, f.name), getattr(quick, f.name)
-            help_text = HELP[f.name] + f" (default: {d}" + (f"; --quick: {q})" if q != d else ")")
-            flag = "--" + f.name.replace("_", "-")
-            if typ is bool:
-                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            elif is_list:
-                p.add_argument(flag, nargs="+", type=typ, default=None, help=help_text, metavar=f.name.upper())
-            else:
-                p.add_argument(flag, type=typ, default=None, help=help_text, metavar=f.name.upper())
+        add_dataclass_options(p, AnomalyConfig, HELP, defaults, quick)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> AnomalyConfig:
     cfg = AnomalyConfig.quick() if args.quick else AnomalyConfig()
-    updates = load_yaml(args.config) if args.config else {}
-    for f in dataclasses.fields(AnomalyConfig):
-        v = getattr(args, f.name)
-        if v is not None:
-            updates[f.name] = v
-    cfg = dataclasses.replace(cfg, **updates)
+    cfg = options_from_args(args, cfg, load_yaml(args.config) if args.config else None)
     if cfg.normal is not None:
         cfg.normal = [str(n) for n in cfg.normal]
     return cfg.validate()

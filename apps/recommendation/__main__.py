@@ -12,14 +12,13 @@ Re-running an interrupted command resumes from the run directory's checkpoints.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
-import typing
 from collections.abc import Sequence
 
 from apps.recommendation.config import HELP, RecConfig, load_yaml
 from apps.recommendation.data import DataError
+from core.training.options import add_dataclass_options, options_from_args
 
 VERBS = {
     "fit": "train SASRec / CL4SRec / DuoRec / MCLRec (each method and seed; early stopping on validation NDCG@10)",
@@ -29,15 +28,6 @@ VERBS = {
     "recommend": "top-k items for a history of item ids (--items) or a user of the data (--user), excluding the "
                  "items already seen",
 }
-
-
-def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
-    hint = typing.get_type_hints(RecConfig)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if typing.get_origin(hint) is not list and args else hint
-    if typing.get_origin(base) is list:
-        return typing.get_args(base)[0], True
-    return base, False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,28 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--k", type=int, default=10, help="how many items to return (default: 10)")
             p.add_argument("--method", default=None,
                            help="which fitted model answers (default: the last of --methods)")
-        for f in dataclasses.fields(RecConfig):
-            typ, is_list = _field_type(f)
-            d, q = getattr(defaults, f.name), getattr(quick, f.name)
-            help_text = HELP[f.name] + f" (default: {d}" + (f"; --quick: {q})" if q != d else ")")
-            flag = "--" + f.name.replace("_", "-")
-            if typ is bool:
-                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            elif is_list:
-                p.add_argument(flag, nargs="+", type=typ, default=None, help=help_text, metavar=f.name.upper())
-            else:
-                p.add_argument(flag, type=typ, default=None, help=help_text, metavar=f.name.upper())
+        add_dataclass_options(p, RecConfig, HELP, defaults, quick)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RecConfig:
     cfg = RecConfig.quick() if args.quick else RecConfig()
-    updates = load_yaml(args.config) if args.config else {}
-    for f in dataclasses.fields(RecConfig):
-        v = getattr(args, f.name)
-        if v is not None:
-            updates[f.name] = v
-    return dataclasses.replace(cfg, **updates).validate()
+    cfg = options_from_args(args, cfg, load_yaml(args.config) if args.config else None)
+    return cfg.validate()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from apps.recommendation.data import DataError
 from apps.recommendation.model import METHODS
+from core.training.options import load_yaml_options
 
 __all__ = ["RecConfig", "HELP", "load_yaml", "CONFIG_DIR"]
 
@@ -155,19 +154,4 @@ HELP: dict[str, str] = {
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config of :class:`RecConfig` fields; errors name the file (and line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise DataError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from e
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a mapping of option: value, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(RecConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise DataError(f"{path}: unknown option(s) {unknown}")
-    return raw
+    return load_yaml_options(path, RecConfig, DataError)

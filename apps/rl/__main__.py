@@ -15,14 +15,13 @@ Re-running an interrupted command resumes from the run directory's checkpoints. 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
-import typing
 from collections.abc import Sequence
 
 from apps.rl.config import HELP, RLConfig, load_yaml
 from apps.rl.data import DataError
+from core.training.options import add_dataclass_options, options_from_args
 
 VERBS = {
     "fit": "offline: pre-train TACO / CPC encoders on the rollouts (--data); with --env: train an online agent",
@@ -31,15 +30,6 @@ VERBS = {
     "run": "fit, then evaluate",
     "compare": "online: train (resuming) and compare --compare-aux agents over --seeds on --env",
 }
-
-
-def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
-    hint = typing.get_type_hints(RLConfig)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if typing.get_origin(hint) is not list and args else hint
-    if typing.get_origin(base) is list:
-        return typing.get_args(base)[0], True
-    return base, False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,28 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file of options (keys as below, with underscores)")
         p.add_argument("--quick", action="store_true", default=False,
                        help="quick preset (embedded Pendulum rollouts, short pre-training; < 2 min on 2 CPU cores)")
-        for f in dataclasses.fields(RLConfig):
-            typ, is_list = _field_type(f)
-            d, q = getattr(defaults, f.name), getattr(quick, f.name)
-            help_text = HELP[f.name] + f" (default: {d}" + (f"; --quick: {q})" if q != d else ")")
-            flag = "--" + f.name.replace("_", "-")
-            if typ is bool:
-                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            elif is_list:
-                p.add_argument(flag, nargs="+", type=typ, default=None, help=help_text, metavar=f.name.upper())
-            else:
-                p.add_argument(flag, type=typ, default=None, help=help_text, metavar=f.name.upper())
+        add_dataclass_options(p, RLConfig, HELP, defaults, quick)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RLConfig:
     cfg = RLConfig.quick() if args.quick else RLConfig()
-    updates = load_yaml(args.config) if args.config else {}
-    for f in dataclasses.fields(RLConfig):
-        v = getattr(args, f.name)
-        if v is not None:
-            updates[f.name] = v
-    return dataclasses.replace(cfg, **updates).validate()
+    cfg = options_from_args(args, cfg, load_yaml(args.config) if args.config else None)
+    return cfg.validate()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

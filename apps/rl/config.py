@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from apps.rl.agent import AgentConfig
 from apps.rl.data import DataError
+from core.training.options import load_yaml_options
 
 __all__ = ["RLConfig", "HELP", "load_yaml", "agent_config"]
 
@@ -176,18 +175,4 @@ HELP: dict[str, str] = {
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config of :class:`RLConfig` fields; errors name the file (and line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise DataError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from e
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a mapping of option: value, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(RLConfig)})
-    if unknown:
-        raise DataError(f"{path}: unknown option(s) {unknown}")
-    return raw
+    return load_yaml_options(path, RLConfig, DataError)

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from apps.speaker.data import DataError
+from core.training.options import load_yaml_options
 
 __all__ = ["SpeakerConfig", "HELP", "load_yaml", "VARIANTS"]
 
@@ -198,19 +197,4 @@ HELP: dict[str, str] = {
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config of :class:`SpeakerConfig` fields; errors name the file (and line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise DataError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from e
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a mapping of option: value, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(SpeakerConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise DataError(f"{path}: unknown option(s) {unknown}")
-    return raw
+    return load_yaml_options(path, SpeakerConfig, DataError)
