@@ -79,6 +79,25 @@ def _worker_main(rank: int, world: int, port: int, tasks, results) -> None:
     os._exit(0)
 
 
+def finish_spawned_worker() -> None:
+    """End a ``torch.multiprocessing.spawn`` gloo worker whose results are already saved.
+
+    Waits for every rank, tears the process group down, then leaves with ``os._exit(0)``: the
+    interpreter's own teardown of gloo / DDP threads can abort with "terminate called without an active
+    exception" (seen once in CI), which would fail a test whose results were correct.
+    """
+    import gc
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    gc.collect()  # drop DDP reducers and pending work handles before the group goes
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 class DistPool:
     """``world`` processes in one gloo group, each running tasks by name (functions of this module)."""
 

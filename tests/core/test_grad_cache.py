@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _dist_helpers import finish_spawned_worker
 from torch import nn
 
 from core.losses import info_nce, nt_xent
@@ -329,8 +330,11 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             torch.distributed.all_reduce(r)
             r /= world
         torch.save({"got": got, "ref": ref}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+        del ddp
+    except BaseException:
         torch.distributed.destroy_process_group()
+        raise
+    finish_spawned_worker()
 
 
 @pytest.mark.distributed

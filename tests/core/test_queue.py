@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _dist_helpers import finish_spawned_worker
 from torch import nn
 
 from core.losses import info_nce
@@ -163,8 +164,10 @@ def _queue_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         torch.save({"keys": q.negatives(), "labels": q.negative_labels(), "ptr": int(q.ptr),
                     "gathered": all_gather_no_grad(torch.full((rank + 1, 1), float(rank)))},
                    os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+    except BaseException:
         torch.distributed.destroy_process_group()
+        raise
+    finish_spawned_worker()
 
 
 @pytest.mark.distributed
