@@ -42,17 +42,17 @@ def _vm_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build(impl: str, B: int, D: int, tile):
-    """Return (fn, inputs): ``fn()`` computes the loss from ``inputs`` (leaf tensors with grad)."""
+def build(impl: str, B: int, D: int, tile, device: str = "cpu"):
+    """Return (fn, inputs): ``fn()`` computes the loss from ``inputs`` (leaf tensors with grad on ``device``)."""
     import torch
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
-    z1 = torch.randn(B, D, generator=g).requires_grad_()
-    z2 = torch.randn(B, D, generator=g).requires_grad_()
+    z1 = torch.randn(B, D, generator=g).to(device).requires_grad_()
+    z2 = torch.randn(B, D, generator=g).to(device).requires_grad_()
     who, loss = impl.split(":")
     tile_size = {"ours_dense": None, "ours_tiled": tile, "ours_auto": "auto"}.get(who)
-    labels = torch.arange(B) // 4  # supcon: 4 samples x 2 views per class
+    labels = torch.arange(B, device=device) // 4  # supcon: 4 samples x 2 views per class
 
     if loss == "clip":
         if who.startswith("ours"):
@@ -62,18 +62,19 @@ def build(impl: str, B: int, D: int, tile):
         if who == "open_clip":
             from open_clip.loss import ClipLoss
 
-            fn, scale = ClipLoss(), torch.tensor(1.0 / TEMPERATURE)
+            fn, scale = ClipLoss(), torch.tensor(1.0 / TEMPERATURE, device=device)
             return (lambda: fn(F.normalize(z1, dim=1), F.normalize(z2, dim=1), scale)), (z1, z2)
     if loss == "siglip":
         if who.startswith("ours"):
             from core.losses.sig_lip import sig_lip
 
-            s, b = torch.tensor(SIGLIP_SCALE), torch.tensor(SIGLIP_BIAS)
+            s, b = torch.tensor(SIGLIP_SCALE, device=device), torch.tensor(SIGLIP_BIAS, device=device)
             return (lambda: sig_lip(z1, z2, logit_scale=s, logit_bias=b, tile_size=tile_size)), (z1, z2)
         if who == "open_clip":
             from open_clip.loss import SigLipLoss
 
-            fn, s, b = SigLipLoss(), torch.tensor(SIGLIP_SCALE), torch.tensor(SIGLIP_BIAS)
+            fn = SigLipLoss()
+            s, b = torch.tensor(SIGLIP_SCALE, device=device), torch.tensor(SIGLIP_BIAS, device=device)
             return (lambda: fn(F.normalize(z1, dim=1), F.normalize(z2, dim=1), s, b)), (z1, z2)
     if loss == "ntxent":
         if who.startswith("ours"):
@@ -88,7 +89,7 @@ def build(impl: str, B: int, D: int, tile):
         if who == "pml":
             from pytorch_metric_learning.losses import NTXentLoss
 
-            fn, y = NTXentLoss(temperature=TEMPERATURE), torch.arange(B).repeat(2)
+            fn, y = NTXentLoss(temperature=TEMPERATURE), torch.arange(B, device=device).repeat(2)
             return (lambda: fn(torch.cat([z1, z2]), y)), (z1, z2)
     if loss == "supcon":
         if who.startswith("ours"):

@@ -52,6 +52,8 @@ class RecConfig:
     eval_batch_size: int = 1024
     threads: int | None = None
     progress: bool = True
+    accelerator: str = "cpu"
+    max_minutes: float | None = None
 
     @classmethod
     def quick(cls) -> RecConfig:
@@ -106,6 +108,10 @@ class RecConfig:
             raise DataError(f"max_items must be >= 2 or unset, got {self.max_items}")
         if self.threads is not None and self.threads < 1:
             raise DataError(f"threads must be >= 1, got {self.threads}")
+        if self.accelerator not in ("cpu", "cuda", "gpu", "auto"):
+            raise DataError(f"accelerator must be cpu / cuda / gpu / auto, got {self.accelerator!r}")
+        if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float)) and self.max_minutes > 0):
+            raise DataError(f"max_minutes must be a positive number or unset, got {self.max_minutes!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +155,10 @@ HELP: dict[str, str] = {
     "eval_batch_size": "users per batch of full-ranking evaluation",
     "threads": "torch CPU threads (default: torch's choice)",
     "progress": "show progress bars",
+    "accelerator": "Lightning accelerator for training and validation (cpu, cuda / gpu, auto); the test ranking "
+                   "runs on the CPU",
+    "max_minutes": "wall-clock limit of each method's fit (Lightning max_time): training stops there and keeps "
+                   "the best validated model",
 }
 
 

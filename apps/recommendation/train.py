@@ -20,6 +20,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ __all__ = ["Experiment", "prepare", "TrainBatches", "EvalBatches", "fit", "load_
 
 # settings that do not change the trained models (may differ between fit and evaluate)
 _NON_ARTEFACT = ("run_dir", "methods", "seeds", "eval_batch_size", "threads", "progress", "exclude_seen", "epochs",
-                 "patience")
+                 "patience", "accelerator", "max_minutes")
 
 
 @dataclass
@@ -305,7 +306,8 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
                  EarlyStopping(monitor="val/ndcg@10", mode="max", patience=cfg.patience,
                                check_on_train_epoch_end=False),
                  History(out / "history.jsonl")]
-    trainer_kwargs = dict(max_epochs=cfg.epochs, accelerator="cpu", devices=1,
+    trainer_kwargs = dict(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1,
+                          max_time=None if cfg.max_minutes is None else timedelta(minutes=cfg.max_minutes),
                           log_every_n_steps=max(1, min(20, len(loader))),
                           enable_model_summary=False, enable_progress_bar=cfg.progress,
                           check_val_every_n_epoch=cfg.eval_every, num_sanity_val_steps=0, callbacks=callbacks)
@@ -325,7 +327,7 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
     info = {"method": method, "seed": seed, "epochs_run": trainer.current_epoch,
-            "stopped_early": trainer.current_epoch < cfg.epochs,
+            "stopped_early": trainer.current_epoch < cfg.epochs, "accelerator": str(trainer.strategy.root_device),
             "best_val_ndcg@10": float(best.best_model_score) if best.best_model_score is not None else None,
             "best_epoch": max((h for h in hist if "val" in h), key=lambda h: h["val"].get("ndcg@10", -1),
                               default={}).get("epoch"),
@@ -337,8 +339,9 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
     tmp = model_path.with_suffix(".tmp")
     torch.save(module.state_dict(), tmp)
     tmp.replace(model_path)
-    log(f"[recommendation] {method} (seed {seed}): {info['epochs_run']} epochs, best validation NDCG@10 "
-        f"{info['best_val_ndcg@10']:.4f} at epoch {info['best_epoch']}, {seconds:.0f} s")
+    best_txt = ("no validation before the stop (the last weights are kept)" if info["best_val_ndcg@10"] is None
+                else f"best validation NDCG@10 {info['best_val_ndcg@10']:.4f} at epoch {info['best_epoch']}")
+    log(f"[recommendation] {method} (seed {seed}): {info['epochs_run']} epochs, {best_txt}, {seconds:.0f} s")
     return model_path
 
 

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file of options (keys as below, with underscores)")
         p.add_argument("--quick", action="store_true", default=False,
                        help="quick preset (embedded Pendulum rollouts, short pre-training; < 2 min on 2 CPU cores)")
+        if verb == "compare":
+            p.add_argument("--score-only", action="store_true", default=False,
+                           help="score and report the runs as they are (no further training)")
         add_dataclass_options(p, RLConfig, HELP, defaults, quick)
     return parser
 
@@ -70,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise DataError("compare needs --env (a DMC task such as cartpole_swingup)")
             from apps.rl.compare import compare_online
 
-            compare_online(cfg, train=True, started=t0)
+            compare_online(cfg, train=not args.score_only, started=t0)
         elif cfg.env is not None:
             print(f"[rl] {args.verb} online agent ({cfg.aux}) on {cfg.env}, seed {cfg.seed}; run dir {cfg.run_dir}")
             if args.verb in ("fit", "run"):

@@ -292,20 +292,24 @@ class DrQV2Agent(nn.Module):
     def critic_action(self, a: Tensor) -> Tensor:
         return self.taco.action_encoder(a) if self.latent_actions else a
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     @torch.no_grad()
     def act(self, obs: Tensor, step: int, eval_mode: bool) -> Tensor:
-        """obs (B, C, H, W) uint8-valued -> actions in [-1, 1]^A."""
-        mu = self.actor(self.encoder(obs.float()))
+        """obs (B, C, H, W) uint8-valued, any device -> actions in [-1, 1]^A, on the CPU."""
+        mu = self.actor(self.encoder(obs.to(self.device).float()))
         if eval_mode:
-            return mu
+            return mu.cpu()
         if step < self.cfg.num_expl_steps:
-            return torch.rand_like(mu) * 2 - 1
-        return noisy_action(mu, exploration_std(step, self.cfg), None)
+            return (torch.rand_like(mu) * 2 - 1).cpu()
+        return noisy_action(mu, exploration_std(step, self.cfg), None).cpu()
 
     @torch.no_grad()
     def latent_state(self, obs: Tensor) -> Tensor:
-        """The agent's latent state: the critic trunk on the (unaugmented) encoding, (B, feature_dim)."""
-        return self.critic.trunk(self.encoder(obs.float()))
+        """The agent's latent state: the critic trunk on the (unaugmented) encoding, (B, feature_dim), on the CPU."""
+        return self.critic.trunk(self.encoder(obs.to(self.device).float())).cpu()
 
     def critic_loss(self, h: Tensor, action: Tensor, reward: Tensor, discount: Tensor, h_next: Tensor,
                     step: int) -> Tensor:
@@ -331,6 +335,8 @@ class DrQV2Agent(nn.Module):
         """
         backward = backward or (lambda loss: loss.backward())
         metrics: dict[str, float] = {}
+        dev = self.device
+        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         obs, next_obs = batch["obs"].float(), batch["next_obs"].float()
         aug_obs = self.aug(obs)
         h = self.encoder(aug_obs)

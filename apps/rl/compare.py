@@ -66,7 +66,8 @@ def compare_online(cfg: RLConfig, train: bool = True, started: float | None = No
              f"{cfg.action_repeat})",
              "state_probe_r2: ridge probe from the agent's 50-d latent state (critic trunk) to the DMC state "
              "(positions, velocities), held-out evaluation steps; random encoder = an untrained agent's trunk",
-             "env_steps_per_second: training wall time incl. updates, on a shared 2-core CPU, 1 torch thread"]
+             "env_steps_per_second: training wall time incl. updates and rendering; accelerator "
+             f"{cfg.accelerator!r}" + (f", {cfg.threads} torch thread(s)" if cfg.threads else "")]
     write_report(out, report, f"Online {cfg.env}: " + " vs ".join(NAMES[a] for a in cfg.compare_aux), notes)
     print(f"[rl] report: {out / 'report.json'}")
     return report

@@ -27,6 +27,8 @@ class RLConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     threads: int | None = 1
     progress: bool = True
+    accelerator: str = "cpu"
+    max_minutes: float | None = None
     # offline representation learning
     methods: list[str] = field(default_factory=lambda: ["taco", "cpc"])
     image_size: int = 64
@@ -109,6 +111,10 @@ class RLConfig:
             raise DataError(f"threads must be >= 1, got {self.threads}")
         if not self.seeds:
             raise DataError("seeds is empty")
+        if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float)) and self.max_minutes > 0):
+            raise DataError(f"max_minutes must be a positive number or unset, got {self.max_minutes!r}")
+        if self.accelerator not in ("cpu", "cuda", "gpu", "auto"):
+            raise DataError(f"accelerator must be cpu / cuda / gpu / auto, got {self.accelerator!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +142,10 @@ HELP: dict[str, str] = {
     "seeds": "seeds of the online 'compare' verb",
     "threads": "torch CPU threads",
     "progress": "show progress bars",
+    "accelerator": "online agent: Lightning Fabric accelerator (cpu, cuda / gpu, auto); rendering stays on "
+                   "MUJOCO_GL",
+    "max_minutes": "online: stop a training run after this many minutes of this process (checkpointed; the "
+                   "report states the frames reached); unset: train for --frames",
     "methods": "offline representation methods to compare: taco, cpc, random (a random encoder is always "
                "added as the baseline)",
     "image_size": "offline: side of the rendered grayscale frames (the rollouts hold state vectors; frames are "

@@ -77,7 +77,7 @@ def train_online(cfg: RLConfig, aux: str, seed: int) -> Path:
     run = online_run_dir(cfg, aux, seed)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps({**cfg.to_dict(), "aux": aux, "seed": seed}, indent=1))
-    fabric = Fabric(accelerator="cpu", devices=1)
+    fabric = Fabric(accelerator=cfg.accelerator, devices=1)
     seed_everything(seed)
     acfg = agent_config(cfg, aux)
     env = make_env(cfg.env, seed, frame_stack=cfg.frame_stack, action_repeat=cfg.action_repeat)
@@ -85,7 +85,7 @@ def train_online(cfg: RLConfig, aux: str, seed: int) -> Path:
     obs_shape, action_dim = env.observation_space.shape, env.action_space.shape[0]
     agent = DrQV2Agent(obs_shape, action_dim, acfg)
     opts = agent.make_optimizers()
-    fabric.setup_module(agent)  # device placement (CPU here); the loop calls the agent's methods directly
+    fabric.setup_module(agent)  # device placement; the loop calls the agent's methods directly
     total_steps = cfg.frames // cfg.action_repeat
     eval_every = max(cfg.eval_every_frames // cfg.action_repeat, 1)
     state = {"step": 0, "episode": 0, "updates": 0, "curve": [], "train_returns": [], "seconds": 0.0}
@@ -122,7 +122,13 @@ def train_online(cfg: RLConfig, aux: str, seed: int) -> Path:
                disable=not cfg.progress)
     if not state["curve"]:
         evaluate_now()
+    deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
     while state["step"] < total_steps:
+        if deadline is not None and time.perf_counter() > deadline:
+            print(f"[rl] {run}: max_minutes={cfg.max_minutes} reached at agent step {state['step']} "
+                  f"({state['step'] * cfg.action_repeat} frames); stopping")
+            evaluate_now()
+            break
         action = agent.act(torch.as_tensor(obs)[None], state["step"], eval_mode=False)[0].numpy()
         obs, reward, terminated, truncated, info = env.step(action)
         buffer.add(action, reward, 0.0 if terminated else 1.0, info["frame"])

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One lent-GPU session (about 10 minutes) producing the GPU figures of the README:
+#   1. core.negatives benchmark grid on the GPU (tools.bench_negatives_gpu), alone on the GPU;
+#   2. then, concurrently: online DrQ-v2 vs DrQ-v2+TACO (2 seeds, apps/rl/configs/online_gpu.yaml) and the four
+#      recommenders on Beauty (apps/recommendation/configs/beauty_gpu.yaml), each process capped by max_minutes;
+#   3. scoring / test evaluation, then everything small is packed into $OUT (or runs/gpu_session).
+# The machine needs the project's Python deps; the RL simulator (mujoco, dm-control, shimmy, gymnasium) and the
+# benchmark peers can travel as wheels in .whl/ and EGL loaders as .deb files in .gl/ (see the device notes).
+# Usage: bash tools/gpu_session.sh [TRAIN_MINUTES] [BENCH_SECONDS] [REC_SEEDS]
+set -u
+TRAIN_MIN=${1:-5.5}
+BENCH_S=${2:-90}
+REC_SEEDS=${3:-"0 1"}
+OUT=${OUT:-runs/gpu_session}
+mkdir -p "$OUT" runs/logs
+export PYTHONUNBUFFERED=1 MUJOCO_GL=egl PYOPENGL_PLATFORM=egl
+PY=${PY:-python3}
+T0=$(date +%s)
+stamp() { echo "[gpu_session +$(( $(date +%s) - T0 ))s] $*"; }
+
+if ls .gl/*.deb >/dev/null 2>&1; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+if [ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ]; then
+  export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+$PY -c "from dm_control import suite; e = suite.load('cartpole', 'swingup'); e.reset(); \
+print('render', e.physics.render(84, 84, camera_id=0).shape)" 2>&1 | tail -2
+stamp "setup done"
+
+# 1. benchmark (alone on the GPU)
+timeout $(( BENCH_S + 60 )) $PY -m tools.bench_negatives_gpu --budget-s "$BENCH_S" --out "$OUT/bench_gpu.jsonl" \
+  --md "$OUT/bench_negatives_gpu.md" --png "$OUT/bench_negatives_gpu.png" > runs/logs/bench_gpu.log 2>&1
+tail -n 3 runs/logs/bench_gpu.log
+stamp "benchmark done"
+
+# 2. RL and recommendation training, concurrently, each process capped at TRAIN_MIN minutes
+pids=()
+for aux in none taco; do
+  for seed in 0 1; do
+    $PY -m apps.rl fit --config apps/rl/configs/online_gpu.yaml --aux $aux --seed $seed --max-minutes "$TRAIN_MIN" \
+      --no-progress > runs/logs/rl_${aux}_${seed}.log 2>&1 &
+    pids+=($!)
+  done
+done
+for m in sasrec cl4srec duorec mclrec; do
+  for seed in $REC_SEEDS; do
+    $PY -m apps.recommendation fit --config apps/recommendation/configs/beauty_gpu.yaml --methods $m --seeds $seed \
+      --max-minutes "$TRAIN_MIN" > runs/logs/rec_${m}_${seed}.log 2>&1 &
+    pids+=($!)
+  done
+done
+wait "${pids[@]}"
+stamp "training done"
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+
+# 3. scoring and reports (both in parallel; the test ranking runs on the CPU with more threads)
+timeout 150 $PY -m apps.rl compare --config apps/rl/configs/online_gpu.yaml --score-only --no-progress \
+  > runs/logs/rl_compare.log 2>&1 &
+p1=$!
+# shellcheck disable=SC2086
+timeout 150 $PY -m apps.recommendation evaluate --config apps/recommendation/configs/beauty_gpu.yaml \
+  --seeds $REC_SEEDS --threads 8 > runs/logs/rec_evaluate.log 2>&1 &
+p2=$!
+wait $p1 $p2
+stamp "reports done"
+tail -n 4 runs/logs/rl_compare.log runs/logs/rec_evaluate.log
+
+tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.ckpt' runs/logs runs/rl/gpu_online runs/recommendation/gpu \
+  2>/dev/null
+ls -la "$OUT"
+stamp "packed"
