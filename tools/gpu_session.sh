@@ -59,19 +59,22 @@ wait "${pids[@]}"
 stamp "training done"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
 
+pack() { tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.ckpt' runs/logs runs/rl/gpu_online \
+  runs/recommendation/gpu 2>/dev/null; }
+pack  # histories and logs are safe even if the scoring below runs out of time
+
 # 3. scoring and reports (both in parallel; the test ranking runs on the CPU with more threads)
-timeout 150 $PY -m apps.rl compare --config apps/rl/configs/online_gpu.yaml --score-only --no-progress \
+timeout 110 $PY -m apps.rl compare --config apps/rl/configs/online_gpu.yaml --score-only --no-progress \
   > runs/logs/rl_compare.log 2>&1 &
 p1=$!
 # shellcheck disable=SC2086
-timeout 150 $PY -m apps.recommendation evaluate --config apps/recommendation/configs/beauty_gpu.yaml \
+timeout 110 $PY -m apps.recommendation evaluate --config apps/recommendation/configs/beauty_gpu.yaml \
   --seeds $REC_SEEDS --threads 8 > runs/logs/rec_evaluate.log 2>&1 &
 p2=$!
 wait $p1 $p2
 stamp "reports done"
 tail -n 4 runs/logs/rl_compare.log runs/logs/rec_evaluate.log
 
-tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.ckpt' runs/logs runs/rl/gpu_online runs/recommendation/gpu \
-  2>/dev/null
+pack
 ls -la "$OUT"
 stamp "packed"
