@@ -92,32 +92,35 @@ def sweep(args) -> list[dict]:
     out.parent.mkdir(parents=True, exist_ok=True)
     recs: list[dict] = []
     t_start = time.perf_counter()
-    for fam, whos in FAMILIES.items():
-        for who in whos:
-            impl = f"{who}:{fam}"
-            for D in dims:
-                stop, last = None, None
-                for B in batches:
-                    if stop is not None:
-                        rec = {"impl": impl, "B": B, "D": D, "status": stop, "note": "after a smaller batch"}
-                    elif time.perf_counter() - t_start > args.budget_s:
-                        rec = {"impl": impl, "B": B, "D": D, "status": "skipped_budget"}
+    impls = [f"{who}:{fam}" for fam, whos in FAMILIES.items() for who in whos]
+    stop: dict = {}  # (impl, D) -> why larger batches are not run
+    last: dict = {}  # (impl, D) -> (B, median_s) of the largest completed batch
+    # breadth first (every implementation at a batch size before the next size), so a short lease still
+    # covers every implementation at the small batches
+    for D in dims:
+        for B in batches:
+            for impl in impls:
+                key = (impl, D)
+                if key in stop:
+                    rec = {"impl": impl, "B": B, "D": D, "status": stop[key], "note": "after a smaller batch"}
+                elif time.perf_counter() - t_start > args.budget_s:
+                    rec = {"impl": impl, "B": B, "D": D, "status": "skipped_budget"}
+                else:
+                    est = None if key not in last else last[key][1] * (B / last[key][0]) ** 2
+                    if est is not None and est * 2 > args.point_s:
+                        rec = {"impl": impl, "B": B, "D": D, "status": "skipped_time", "est_s": round(est, 1)}
                     else:
-                        est = None if last is None else last[1] * (B / last[0]) ** 2
-                        if est is not None and est * 2 > args.point_s:
-                            rec = {"impl": impl, "B": B, "D": D, "status": "skipped_time", "est_s": round(est, 1)}
-                        else:
-                            reps = 1 if est is not None and est > args.long_s else args.reps
-                            rec = run_point(impl, B, D, tile, reps)
-                    if rec["status"] == "ok":
-                        last = (B, rec["median_s"])
-                    elif rec["status"] in ("oom", "unavailable", "error", "skipped_time"):
-                        stop = stop or rec["status"]
-                    recs.append(rec)
-                    with out.open("a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    print(f"{impl:18s} B={B:7d} D={D:4d} {rec['status']:12s} {rec.get('median_s', '')} s  "
-                          f"{rec.get('delta_peak_mb', '')} MB  {rec.get('error', '')[:80]}", flush=True)
+                        reps = 1 if est is not None and est > args.long_s else args.reps
+                        rec = run_point(impl, B, D, tile, reps)
+                if rec["status"] == "ok":
+                    last[key] = (B, rec["median_s"])
+                elif rec["status"] in ("oom", "unavailable", "error", "skipped_time"):
+                    stop.setdefault(key, rec["status"])
+                recs.append(rec)
+                with out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(f"{impl:18s} B={B:7d} D={D:4d} {rec['status']:12s} {rec.get('median_s', '')} s  "
+                      f"{rec.get('delta_peak_mb', '')} MB  {rec.get('error', '')[:80]}", flush=True)
     return recs
 
 
@@ -188,7 +191,8 @@ def render(recs: list[dict], md: Path, png: Path | None) -> None:
         axes[0][j].set_ylabel("time (s)")
         axes[1][j].set_ylabel("extra peak memory (MB)")
         axes[1][j].set_xlabel("batch B")
-        axes[0][j].legend(fontsize=7)
+        if axes[0][j].lines:
+            axes[0][j].legend(fontsize=7)
     fig.suptitle(f"core.negatives on {dev}")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
