@@ -155,3 +155,35 @@ def test_online_run_on_a_state_task_writes_report(tmp_path):
     assert rep["method"] == "drqv2+cpc" and rep["metrics"]["env_steps"] == 400
     assert {"return_mean", "return_std", "env_steps", "state_probe_r2"} <= rep["metrics"].keys()
     assert "random_encoder" in rep["baselines"] and (run / "learning_curve.png").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--accelerator", "tpu"], "accelerator"),
+    (["--max-minutes", "0"], "max_minutes"),
+])
+def test_bad_device_options_exit_2(tmp_path, capsys, args, message):
+    assert main(["run", "--no-progress", "--run-dir", str(tmp_path / "r"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_max_minutes_stops_online_training_and_score_only_does_not_train(tmp_path, monkeypatch):
+    """A run capped by max_minutes stops early (checkpointed, curve written); compare --score-only reports the
+    runs as they are instead of training them on to --frames."""
+    from types import SimpleNamespace
+
+    import apps.rl.online as online
+
+    clock = iter(range(0, 10**6, 2))  # the training loop's clock advances 2 s per reading: the cap hits quickly
+    monkeypatch.setattr(online, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    common = ["--env", "Pendulum-v1", "--run-dir", str(tmp_path), "--frames", "4000", "--action-repeat", "4",
+              "--eval-every-frames", "4000", "--eval-episodes", "2", "--batch-size", "8", "--hidden-dim", "16",
+              "--num-expl-steps", "10", "--no-progress"]
+    assert main(["fit", *common, "--aux", "none", "--max-minutes", "1"]) == 0
+    run = tmp_path / "online" / "Pendulum-v1_none_seed0"
+    curve = json.loads((run / "curve.json").read_text())
+    assert 0 < curve["agent_steps"] < 1000  # stopped well before 4000 frames / 4
+    steps = curve["agent_steps"]
+    assert main(["compare", *common, "--compare-aux", "none", "--seeds", "0", "--score-only"]) == 0
+    assert json.loads((run / "curve.json").read_text())["agent_steps"] == steps  # not trained further
+    rep = json.loads((tmp_path / "online" / "compare_Pendulum-v1" / "report.json").read_text())
+    assert rep["metrics"]["env_steps"] == steps * 4

@@ -1,0 +1,45 @@
+"""The GPU benchmark's table (rendered from records) and its refusal without a GPU; the sweep itself needs CUDA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tools import bench_negatives_gpu as bench
+from tools._bench_worker import build
+
+
+def test_table_and_ratios_from_records(tmp_path):
+    recs = [
+        {"impl": "ours_dense:clip", "B": 4096, "D": 128, "device": "Fake", "status": "ok", "median_s": 0.010,
+         "delta_peak_mb": 400.0},
+        {"impl": "ours_tiled:clip", "B": 4096, "D": 128, "device": "Fake", "status": "ok", "median_s": 0.025,
+         "delta_peak_mb": 20.0},
+        {"impl": "open_clip:clip", "B": 4096, "D": 128, "device": "Fake", "status": "ok", "median_s": 0.020,
+         "delta_peak_mb": 500.0},
+        {"impl": "ours_dense:clip", "B": 262144, "D": 128, "status": "oom"},
+    ]
+    out = tmp_path / "r.jsonl"
+    out.write_text("\n".join(json.dumps(r) for r in recs))
+    md, png = tmp_path / "t.md", tmp_path / "t.png"
+    assert bench.main(["--render-only", "--out", str(out), "--md", str(md), "--png", str(png)]) == 0
+    text = md.read_text()
+    assert "| clip | ours_dense | 10.0 ms / 400 MB | oom |" in text
+    assert "tiled/dense time 2.50x, memory 5.0 %" in text
+    assert "dense/fastest peer (open_clip) 0.50x" in text
+    assert png.is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_refuses_without_cuda(tmp_path, capsys):
+    assert bench.main(["--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_worker_inputs_follow_the_device_argument():
+    fn, (z1, z2) = build("ours_dense:clip", 8, 4, (4, 4), device="cpu")
+    loss = fn()
+    loss.backward()
+    assert z1.device.type == "cpu" and z1.grad is not None and torch.isfinite(loss)
