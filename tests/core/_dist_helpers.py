@@ -338,6 +338,55 @@ def loss_reference(case: Case) -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------- sup_con with an anchor mask
+
+
+def _masked_sup_con_data(sizes: Sequence[int], seed: int = 3):
+    """Two views, 3 classes, dot similarity; every third sample is not an anchor (noise-like: candidate only)."""
+    n = sum(sizes)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=gen, dtype=DTYPE)
+    y = x + 0.6 * torch.randn(n, 5, generator=gen, dtype=DTYPE)
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    mask = torch.arange(n) % 3 != 1
+    return x, y, labels, mask
+
+
+def masked_sup_con_task(rank: int, world: int, sizes: Sequence[int], gather, tile_size) -> dict:
+    """This rank's summed loss over its masked-in anchors and the gradient left on its local inputs."""
+    from core.losses import sup_con
+
+    x, y, labels, mask = _masked_sup_con_data(sizes)
+    rows = rank_rows(sizes, rank)
+    xl, yl = x[rows].clone().requires_grad_(), y[rows].clone().requires_grad_()
+    loss = sup_con(torch.stack([xl, yl], 1), labels[rows], temperature=0.5, base_temperature=0.5, similarity="dot",
+                   anchor_mask=mask[rows], reduction="sum", gather=gather, tile_size=tile_size)
+    loss.backward()
+    return {"loss": loss, "gx": xl.grad, "gy": yl.grad}
+
+
+def masked_sup_con_reference(sizes: Sequence[int]) -> list[dict]:
+    """One process on the global batch: rank r's loss = the sum over the anchors it holds (the global mask
+    restricted to its rows); every rank's input gradient = that of the sum over all anchors, at its rows."""
+    from core.losses import sup_con
+
+    x, y, labels, mask = _masked_sup_con_data(sizes)
+    x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+
+    def loss(m):
+        return sup_con(torch.stack([x, y], 1), labels, temperature=0.5, base_temperature=0.5, similarity="dot",
+                       anchor_mask=m, reduction="sum")
+
+    gx, gy = torch.autograd.grad(loss(mask), (x, y))
+    out = []
+    for r in range(len(sizes)):
+        rows = rank_rows(sizes, r)
+        own = torch.zeros_like(mask)
+        own[rows] = mask[rows]
+        out.append({"loss": loss(own).detach(), "gx": gx[rows], "gy": gy[rows]})
+    return out
+
+
 # ----------------------------------------------------------------------------- primitive gathers
 
 
