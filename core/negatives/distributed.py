@@ -109,6 +109,10 @@ def _backend_device(group=None) -> torch.device:
 # gathering path passes) on ranks whose checks passed, or instead of it on a rank whose checks raised.
 # Every rank then raises together: the failing one its own error, the others a ValueError naming it.
 
+class PeerInputError(ValueError):
+    """Raised on every rank when another rank's loss call failed (its own error is raised there)."""
+
+
 _CHECKS_PENDING: contextvars.ContextVar[bool] = contextvars.ContextVar("core_checks_pending", default=False)
 
 
@@ -129,14 +133,16 @@ def _settle_pending_checks() -> None:
     _CHECKS_PENDING.set(False)
     failed = _exchange_failure_flags(False)
     if failed:
-        raise ValueError(f"the input of rank(s) {failed} failed validation (see the error raised there); "
-                         "this rank stops too rather than wait in a collective")
+        raise PeerInputError(f"the input of rank(s) {failed} failed validation (see the error raised there); "
+                             "this rank stops too rather than wait in a collective")
 
 
 def agree_on_input_errors(fn: Callable) -> Callable:
-    """Decorator for a loss taking ``gather=``: an input error raised on one rank before the first
-    collective is raised on every rank (see the comment above) instead of leaving the others hanging.
-    Costs one all-reduce of ``world`` ints per call in distributed mode; nothing otherwise."""
+    """Decorator for a loss taking ``gather=``: an error raised on one rank, before the first collective
+    (bad input) or after the gathering (e.g. an anchor with no positive among the gathered candidates), is
+    raised on every rank (see the comment above) instead of leaving the others hanging: the failing rank
+    its own error, the others :class:`PeerInputError` naming it. Costs two all-reduces of ``world`` ints
+    per call in distributed mode (one before the first collective, one at the end); nothing otherwise."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -145,10 +151,14 @@ def agree_on_input_errors(fn: Callable) -> Callable:
         token = _CHECKS_PENDING.set(True)
         try:
             out = fn(*args, **kwargs)
+        except PeerInputError:
+            raise  # every rank already knows (the exchange that raised it)
         except Exception:
-            if _CHECKS_PENDING.get():  # raised before any collective: tell the others, then raise
-                _CHECKS_PENDING.set(False)
-                _exchange_failure_flags(True)
+            # before any collective: the others wait in the first one, which is this exchange; after the
+            # collectives (e.g. an anchor with no positive in the gathered batch): the others wait in the
+            # closing exchange below (else in backward's collectives, forever). Either way: tell them.
+            _CHECKS_PENDING.set(False)
+            _exchange_failure_flags(True)
             raise
         finally:
             pending = _CHECKS_PENDING.get()
@@ -156,7 +166,12 @@ def agree_on_input_errors(fn: Callable) -> Callable:
         if pending:  # finished without a collective: still take part in the exchange the others expect
             failed = _exchange_failure_flags(False)
             if failed:
-                raise ValueError(f"the input of rank(s) {failed} failed validation (see the error raised there)")
+                raise PeerInputError(f"the input of rank(s) {failed} failed validation (see the error raised there)")
+        else:  # the second exchange, after the collectives, that a rank failing late takes part in
+            failed = _exchange_failure_flags(False)
+            if failed:
+                raise PeerInputError(f"the loss failed on rank(s) {failed} after gathering (see the error raised "
+                                     "there); this rank stops too rather than wait in backward's collectives")
         return out
 
     return wrapper

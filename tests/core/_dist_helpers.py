@@ -571,6 +571,26 @@ def as_tensor(x) -> torch.Tensor:
     return torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.as_tensor(x)
 
 
+def late_error_task(rank: int, world: int, gather) -> dict:
+    """SupCon with one view: rank 1 holds a label no other sample has, which only shows once the candidates
+    are gathered (an anchor with no positive). Rank 1 raises that; every other rank must raise too rather
+    than go on into backward's collectives; then the group must still work."""
+    from core.losses import info_nce, sup_con
+
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randn(4, 3, generator=gen, dtype=DTYPE)
+    labels = torch.tensor([0, 1, 0, 99 if rank == 1 else 1])
+    try:
+        loss = sup_con(x[:, None], labels, gather=gather)
+        loss.backward() if loss.requires_grad else None
+        error = None
+    except ValueError as e:
+        error = f"{type(e).__name__}: {e}"
+    ok = info_nce(torch.randn(4, 3, generator=gen, dtype=DTYPE), torch.randn(4, 3, generator=gen, dtype=DTYPE),
+                  gather=gather)
+    return {"error": error, "after": float(ok)}
+
+
 def bad_input_task(rank: int, world: int, loss: str, gather, bad_rank: int) -> dict:
     """Call a loss with ``gather`` where only ``bad_rank``'s input is invalid (a NaN); every rank must
     raise (instead of the valid ranks waiting in a collective), then the group must still work."""

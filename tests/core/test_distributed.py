@@ -279,3 +279,15 @@ def test_invalid_input_on_one_rank_raises_on_every_rank(pool2, loss, gather):
     assert got[1]["error"] is not None and ("NaN" in got[1]["error"] or "finite" in got[1]["error"])
     assert got[0]["error"] is not None and "rank(s) [1]" in got[0]["error"]
     assert all(math.isfinite(g["after"]) for g in got)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("gather", [True, "ring"])
+def test_error_after_gathering_on_one_rank_raises_on_every_rank(pool2, gather):
+    """An anchor with no positive is only known after the gather: rank 1 raises it, rank 0 raises a
+    PeerInputError naming rank 1 instead of waiting in backward's collectives; the group stays usable."""
+    got = pool2.run("late_error_task", gather)
+    assert got[1]["error"] is not None and "no positive" in got[1]["error"]
+    assert got[0]["error"] is not None and got[0]["error"].startswith("PeerInputError")
+    assert "rank(s) [1]" in got[0]["error"]
+    assert all(math.isfinite(g["after"]) for g in got)
