@@ -146,10 +146,10 @@ def test_tour_entry_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_max_minutes_caps_a_fit_and_keeps_a_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data, runs = _tiny(tmp_path / "tiny.txt", seed=2), str(tmp_path / "runs")
     args = ["fit", "--data", data, "--run-dir", runs, "--methods", "sasrec", *TINY]
-    assert main([*args, "--epochs", "100", "--max-minutes", "0.0005"]) == 0  # 30 ms: stops in the first epoch
+    assert main([*args, "--epochs", "100", "--max-minutes", "0.0005"]) == 0  # 30 ms: stops long before epoch 100
     method_dir = Path(runs) / "tiny" / "seed0" / "sasrec"
     fit = json.loads((method_dir / "fit.json").read_text())
-    assert fit["stopped_early"] and fit["epochs_run"] <= 1 and fit["accelerator"] == "cpu"
+    assert fit["stopped_early"] and fit["epochs_run"] < 100 and fit["accelerator"] == "cpu"
     assert (method_dir / "model.pt").is_file()
     # the cap and the accelerator are not model settings: the same run directory evaluates without them
     assert main(["evaluate", "--data", data, "--run-dir", runs, "--methods", "sasrec", *TINY]) == 0
