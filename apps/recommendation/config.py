@@ -10,7 +10,7 @@ from typing import Any
 
 from apps.recommendation.data import DataError
 from apps.recommendation.model import METHODS
-from core.training.options import load_yaml_options
+from core.training.options import check_run_limits, load_yaml_options
 
 __all__ = ["RecConfig", "HELP", "load_yaml", "CONFIG_DIR"]
 
@@ -108,10 +108,7 @@ class RecConfig:
             raise DataError(f"max_items must be >= 2 or unset, got {self.max_items}")
         if self.threads is not None and self.threads < 1:
             raise DataError(f"threads must be >= 1, got {self.threads}")
-        if self.accelerator not in ("cpu", "cuda", "gpu", "auto"):
-            raise DataError(f"accelerator must be cpu / cuda / gpu / auto, got {self.accelerator!r}")
-        if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float)) and self.max_minutes > 0):
-            raise DataError(f"max_minutes must be a positive number or unset, got {self.max_minutes!r}")
+        check_run_limits(self.accelerator, self.max_minutes, DataError)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from apps.rl.agent import AgentConfig
 from apps.rl.data import DataError
-from core.training.options import load_yaml_options
+from core.training.options import check_run_limits, load_yaml_options
 
 __all__ = ["RLConfig", "HELP", "load_yaml", "agent_config"]
 
@@ -111,10 +111,7 @@ class RLConfig:
             raise DataError(f"threads must be >= 1, got {self.threads}")
         if not self.seeds:
             raise DataError("seeds is empty")
-        if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float)) and self.max_minutes > 0):
-            raise DataError(f"max_minutes must be a positive number or unset, got {self.max_minutes!r}")
-        if self.accelerator not in ("cpu", "cuda", "gpu", "auto"):
-            raise DataError(f"accelerator must be cpu / cuda / gpu / auto, got {self.accelerator!r}")
+        check_run_limits(self.accelerator, self.max_minutes, DataError)
         return self
 
     def to_dict(self) -> dict[str, Any]:

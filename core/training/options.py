@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["add_dataclass_options", "field_type", "load_yaml_options", "options_from_args"]
+__all__ = ["add_dataclass_options", "check_run_limits", "field_type", "load_yaml_options", "options_from_args"]
 
 
 def load_yaml_options(path: str | Path, cls: type, error: type[Exception] = ValueError) -> dict[str, Any]:
@@ -82,3 +82,16 @@ def options_from_args(args: argparse.Namespace, base: Any, yaml_options: Mapping
         if v is not None:
             updates[f.name] = v
     return dataclasses.replace(base, **updates)
+
+
+ACCELERATORS = ("cpu", "cuda", "gpu", "auto")
+
+
+def check_run_limits(accelerator: str, max_minutes: float | None, error: type[Exception] = ValueError) -> None:
+    """Validate the two options every app's training shares: a Lightning accelerator name and an optional
+    wall-clock cap in minutes; raises ``error`` naming the option."""
+    if accelerator not in ACCELERATORS:
+        raise error(f"accelerator must be {' / '.join(ACCELERATORS)}, got {accelerator!r}")
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float))
+                                    or not max_minutes > 0):
+        raise error(f"max_minutes must be a positive number or unset, got {max_minutes!r}")

@@ -55,3 +55,14 @@ def test_bad_yaml_is_named(tmp_path, content, match):
     assert "bad.yaml" in str(e.value)
     with pytest.raises(ValueError, match="does not exist"):
         load_yaml_options(tmp_path / "missing.yaml", Cfg)
+
+
+def test_check_run_limits_names_the_bad_option():
+    from core.training.options import check_run_limits
+
+    check_run_limits("cuda", 2.5)
+    check_run_limits("cpu", None)
+    for acc, minutes, name in (("tpu", None, "accelerator"), ("cpu", 0, "max_minutes"), ("cpu", -1.0, "max_minutes"),
+                               ("cpu", True, "max_minutes"), ("cpu", "5", "max_minutes")):
+        with pytest.raises(KeyError, match=name):
+            check_run_limits(acc, minutes, KeyError)
