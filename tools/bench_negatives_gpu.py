@@ -25,13 +25,7 @@ import time
 from pathlib import Path
 
 from tools._bench_worker import DEFAULT_TILE, build
-
-FAMILIES = {
-    "clip": ["ours_dense", "ours_tiled", "ours_auto", "open_clip"],
-    "siglip": ["ours_dense", "ours_tiled", "ours_auto", "open_clip"],
-    "ntxent": ["ours_dense", "ours_tiled", "ours_auto", "lightly", "pml"],
-    "supcon": ["ours_dense", "ours_tiled", "ours_auto", "pml"],
-}
+from tools.bench_negatives import FAMILIES  # the same implementations per loss as the CPU benchmark
 
 
 def _median(xs):

@@ -186,16 +186,20 @@ def test_ddp_mean_of_rank_grads_equals_global_grads(pool2, gather, tile_size):
     assert not torch.allclose(as_tensor(out[0]["raw"]["log_t"]), as_tensor(out[1]["raw"]["log_t"]))
 
 
+def _check_masked_sup_con(pool: DistPool, sizes: tuple[int, ...], gather, tile_size) -> None:
+    got = pool.run("masked_sup_con_task", sizes, gather, tile_size)
+    for r, (g, w) in enumerate(zip(got, masked_sup_con_reference(sizes))):
+        for k in ("loss", "gx", "gy"):
+            _close(g[k], w[k], f"rank {r} {k}")
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("gather,tile_size", MODES)
 def test_sup_con_anchor_mask_matches_single_process_2_ranks(pool2, gather, tile_size):
     """Masked-out samples stay candidates on every rank: per-rank summed losses and local gradients equal one
     process on the global batch (rank r's anchors alone; gradients of the sum over all anchors)."""
     sizes = (4, 5)
-    got = pool2.run("masked_sup_con_task", sizes, gather, tile_size)
-    for r, (g, w) in enumerate(zip(got, masked_sup_con_reference(sizes))):
-        for k in ("loss", "gx", "gy"):
-            _close(g[k], w[k], f"rank {r} {k}")
+    _check_masked_sup_con(pool2, sizes, gather, tile_size)
 
 
 @pytest.mark.distributed
@@ -203,10 +207,7 @@ def test_sup_con_anchor_mask_matches_single_process_2_ranks(pool2, gather, tile_
 @pytest.mark.parametrize("gather,tile_size", MODES)
 def test_sup_con_anchor_mask_matches_single_process_4_ranks(pool4, gather, tile_size):
     sizes = (2, 3, 1, 4)
-    got = pool4.run("masked_sup_con_task", sizes, gather, tile_size)
-    for r, (g, w) in enumerate(zip(got, masked_sup_con_reference(sizes))):
-        for k in ("loss", "gx", "gy"):
-            _close(g[k], w[k], f"rank {r} {k}")
+    _check_masked_sup_con(pool4, sizes, gather, tile_size)
 
 
 @pytest.mark.distributed
