@@ -6,7 +6,9 @@
 #   3. scoring / test evaluation, then everything small is packed into $OUT (or runs/gpu_session).
 # The machine needs the project's Python deps; the RL simulator (mujoco, dm-control, shimmy, gymnasium) and the
 # benchmark peers can travel as wheels in .whl/ and EGL loaders as .deb files in .gl/ (see the device notes).
-# Usage: bash tools/gpu_session.sh [TRAIN_MINUTES] [BENCH_SECONDS] [REC_SEEDS]
+# Usage: [PARTS="bench rl rec"] [RL_CONFIG=...] bash tools/gpu_session.sh [TRAIN_MINUTES] [BENCH_SECONDS] [REC_SEEDS]
+#   PARTS picks what runs (one app per lease is the lesson below); RL_CONFIG the online RL config
+#   (apps/rl/configs/online_gpu.yaml = DrQ-v2 protocol, online_gpu_long.yaml = the CPU protocol run longer).
 set -u
 # First lease (H200, 2026-11-26, args 5.0 75 "0 1"): startup + benchmark took 121 s, training 377 s, and the
 # scoring did not finish inside the 600 s call; 8 recommendation processes beside 4 RL ones slowed the RL loop to
@@ -14,7 +16,11 @@ set -u
 TRAIN_MIN=${1:-4.0}
 BENCH_S=${2:-90}
 REC_SEEDS=${3:-"0"}
+PARTS=${PARTS:-"bench rl rec"}
+RL_CONFIG=${RL_CONFIG:-apps/rl/configs/online_gpu.yaml}
+RL_RUN_DIR=$(sed -n 's/^run_dir: *//p' "$RL_CONFIG")
 OUT=${OUT:-runs/gpu_session}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$OUT" runs/logs
 export PYTHONUNBUFFERED=1 MUJOCO_GL=egl PYOPENGL_PLATFORM=egl
 PY=${PY:-python3}
@@ -33,25 +39,28 @@ export PYTHONPATH=${PYTHONPATH:-$PWD}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 $PY -c "from dm_control import suite; e = suite.load('cartpole', 'swingup'); e.reset(); \
-print('render', e.physics.render(84, 84, camera_id=0).shape)" 2>&1 | tail -2
+import time; e.physics.render(84, 84, camera_id=0); t = time.perf_counter(); \
+[e.physics.render(84, 84, camera_id=0) for _ in range(50)]; \
+print('render 84x84 ms', round((time.perf_counter() - t) * 20, 2))" 2>&1 | tail -2
 stamp "setup done"
 
 # 1. benchmark (alone on the GPU)
-timeout $(( BENCH_S + 60 )) $PY -m tools.bench_negatives_gpu --budget-s "$BENCH_S" --out "$OUT/bench_gpu.jsonl" \
+has bench && timeout $(( BENCH_S + 60 )) $PY -m tools.bench_negatives_gpu --budget-s "$BENCH_S" --out "$OUT/bench_gpu.jsonl" \
   --md "$OUT/bench_negatives_gpu.md" --png "$OUT/bench_negatives_gpu.png" > runs/logs/bench_gpu.log 2>&1
-tail -n 3 runs/logs/bench_gpu.log
+has bench && tail -n 3 runs/logs/bench_gpu.log
 stamp "benchmark done"
 
 # 2. RL and recommendation training, concurrently, each process capped at TRAIN_MIN minutes
 pids=()
-for aux in none taco; do
-  for seed in 0 1; do
-    $PY -m apps.rl fit --config apps/rl/configs/online_gpu.yaml --aux $aux --seed $seed --max-minutes "$TRAIN_MIN" \
+RL_SEEDS=$(sed -n 's/^seeds: *\[\(.*\)\]/\1/p' "$RL_CONFIG" | tr -d ',')
+has rl && for aux in none taco; do
+  for seed in $RL_SEEDS; do
+    $PY -m apps.rl fit --config "$RL_CONFIG" --aux $aux --seed $seed --max-minutes "$TRAIN_MIN" \
       --no-progress > runs/logs/rl_${aux}_${seed}.log 2>&1 &
     pids+=($!)
   done
 done
-for m in sasrec cl4srec duorec mclrec; do
+has rec && for m in sasrec cl4srec duorec mclrec; do
   for seed in $REC_SEEDS; do
     $PY -m apps.recommendation fit --config apps/recommendation/configs/beauty_gpu.yaml --methods $m --seeds $seed \
       --max-minutes "$TRAIN_MIN" > runs/logs/rec_${m}_${seed}.log 2>&1 &
@@ -62,19 +71,19 @@ wait "${pids[@]}"
 stamp "training done"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
 
-pack() { tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.ckpt' runs/logs runs/rl/gpu_online \
+pack() { tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.ckpt' runs/logs "$RL_RUN_DIR" \
   runs/recommendation/gpu 2>/dev/null; }
 pack  # histories and logs are safe even if the scoring below runs out of time
 
 # 3. scoring and reports (both in parallel; the test ranking runs on the CPU with more threads)
-timeout 90 $PY -m apps.rl compare --config apps/rl/configs/online_gpu.yaml --score-only --no-progress \
+has rl && timeout 90 $PY -m apps.rl compare --config "$RL_CONFIG" --score-only --no-progress \
   > runs/logs/rl_compare.log 2>&1 &
 p1=$!
 # shellcheck disable=SC2086
-timeout 90 $PY -m apps.recommendation evaluate --config apps/recommendation/configs/beauty_gpu.yaml \
+has rec && timeout 90 $PY -m apps.recommendation evaluate --config apps/recommendation/configs/beauty_gpu.yaml \
   --seeds $REC_SEEDS --threads 8 > runs/logs/rec_evaluate.log 2>&1 &
 p2=$!
-wait $p1 $p2
+wait
 stamp "reports done"
 tail -n 4 runs/logs/rl_compare.log runs/logs/rec_evaluate.log
 
