@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from tools._bench_worker import DEFAULT_TILE, build
+from core.negatives.execution import DEFAULT_TILE_CUDA
+from tools._bench_worker import build
 from tools.bench_negatives import FAMILIES  # the same implementations per loss as the CPU benchmark
 
 
@@ -37,6 +38,8 @@ def run_point(impl: str, B: int, D: int, tile, reps: int) -> dict:
     import torch
 
     rec = {"impl": impl, "B": B, "D": D, "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if impl.startswith("ours_tiled"):
+        rec["tile"] = f"{tile[0]}x{tile[1]}"
     fn = inputs = loss = None
     try:
         fn, inputs = build(impl, B, D, tile, device="cuda")
@@ -87,6 +90,17 @@ def sweep(args) -> list[dict]:
     recs: list[dict] = []
     t_start = time.perf_counter()
     impls = [f"{who}:{fam}" for fam, whos in FAMILIES.items() for who in whos]
+    if args.impls:
+        wanted = set(args.impls.split(","))
+        impls = [i for i in impls if i in wanted or i.split(":")[0] in wanted]
+    # peers' points measured by an earlier lease (status ok / oom in --reuse) are carried over, not rerun; ours
+    # are always rerun (our code changes between leases, the installed peers do not)
+    done: dict = {}
+    if args.reuse and Path(args.reuse).exists():
+        for line in Path(args.reuse).read_text().splitlines():
+            r = json.loads(line) if line.strip() else {}
+            if r.get("status") in ("ok", "oom") and r.get("impl") in impls and not r["impl"].startswith("ours"):
+                done[(r["impl"], r["B"], r["D"])] = r
     stop: dict = {}  # (impl, D) -> why larger batches are not run
     last: dict = {}  # (impl, D) -> (B, median_s) of the largest completed batch
     # breadth first (every implementation at a batch size before the next size), so a short lease still
@@ -95,7 +109,9 @@ def sweep(args) -> list[dict]:
         for B in batches:
             for impl in impls:
                 key = (impl, D)
-                if key in stop:
+                if (impl, B, D) in done:
+                    rec = done[(impl, B, D)]
+                elif key in stop:
                     rec = {"impl": impl, "B": B, "D": D, "status": stop[key], "note": "after a smaller batch"}
                 elif time.perf_counter() - t_start > args.budget_s:
                     rec = {"impl": impl, "B": B, "D": D, "status": "skipped_budget"}
@@ -111,6 +127,8 @@ def sweep(args) -> list[dict]:
                 elif rec["status"] in ("oom", "unavailable", "error", "skipped_time"):
                     stop.setdefault(key, rec["status"])
                 recs.append(rec)
+                if (impl, B, D) in done:
+                    continue
                 with out.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 print(f"{impl:18s} B={B:7d} D={D:4d} {rec['status']:12s} {rec.get('median_s', '')} s  "
@@ -200,7 +218,10 @@ def main(argv=None) -> int:
     p.add_argument("--long-s", type=float, default=5.0, help="points estimated above this run 1 timed pass")
     p.add_argument("--point-s", type=float, default=60.0, help="skip points estimated above this (warm-up incl.)")
     p.add_argument("--budget-s", type=float, default=240.0, help="stop starting points after this many seconds")
-    p.add_argument("--tile", default=f"{DEFAULT_TILE[0]}x{DEFAULT_TILE[1]}")
+    p.add_argument("--tile", default=f"{DEFAULT_TILE_CUDA[0]}x{DEFAULT_TILE_CUDA[1]}",
+                   help="tiles of 'ours tiled' (default: core's CUDA tile for 'auto'; the first leases used 1024x4096)")
+    p.add_argument("--impls", default="", help="comma list of implementations (ours_dense:clip) or owners (ours_tiled)")
+    p.add_argument("--reuse", default="", help="JSON lines of an earlier lease: its peers' ok / oom points are reused")
     p.add_argument("--out", default="runs/bench/gpu.jsonl")
     p.add_argument("--md", default="runs/bench/bench_negatives_gpu.md")
     p.add_argument("--png", default="runs/bench/bench_negatives_gpu.png")

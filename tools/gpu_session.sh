@@ -46,6 +46,7 @@ stamp "setup done"
 
 # 1. benchmark (alone on the GPU)
 has bench && timeout $(( BENCH_S + 60 )) $PY -m tools.bench_negatives_gpu --budget-s "$BENCH_S" --out "$OUT/bench_gpu.jsonl" \
+  --reuse tools/results/bench_negatives_gpu.jsonl \
   --md "$OUT/bench_negatives_gpu.md" --png "$OUT/bench_negatives_gpu.png" > runs/logs/bench_gpu.log 2>&1
 has bench && tail -n 3 runs/logs/bench_gpu.log
 stamp "benchmark done"

@@ -50,6 +50,16 @@ def test_info_nce_gradcheck(name):
     assert torch.autograd.gradcheck(lambda *t: info_nce(**dict(zip(keys, t)), **opts), inputs)
 
 
+@pytest.mark.parametrize("name", ["plain", "symmetric"])
+def test_info_nce_gradgradcheck(name):
+    # second derivatives (create_graph=True, e.g. gradient penalties) through the fused dense log-sum-exp,
+    # whose column direction (symmetric) has its own first-order backward
+    x, opts = _inputs(4, 3, OPTIONS[name], seed=11)
+    keys = list(x)
+    inputs = tuple(x[k].clone().requires_grad_() for k in keys)
+    assert torch.autograd.gradgradcheck(lambda *t: info_nce(**dict(zip(keys, t)), **opts), inputs)
+
+
 def test_margin_zero_equals_no_margin_and_is_continuous():
     x, _ = _inputs(6, 5, {}, seed=3)
     plain = info_nce(x["query"], x["key"], temperature=0.2, reduction="none")

@@ -137,6 +137,22 @@ def test_auto_tiles_when_the_dense_pass_does_not_fit():
     assert resolve_tile_size("auto", 4096, 4096, torch.float32, memory_budget_bytes=1 << 30) is None
 
 
+def test_auto_budget_share_and_tile_depend_on_the_device(monkeypatch):
+    # dense needs DENSE_BUFFERS x 4096^2 fp32 = 384 MiB; with 600 MiB free the CPU (half) tiles, a GPU (80 %) not
+    import core.negatives.execution as ex
+
+    monkeypatch.setattr(ex, "available_memory_bytes", lambda device=None: 600 << 20)
+    assert ex.DENSE_BUFFERS * 4096 * 4096 * 4 == 384 << 20
+    cuda = torch.device("cuda")  # only the device type is read: no GPU needed
+    assert resolve_tile_size("auto", 4096, 4096, torch.float32) == DEFAULT_TILE
+    assert resolve_tile_size("auto", 4096, 4096, torch.float32, device=cuda) is None
+    monkeypatch.setattr(ex, "available_memory_bytes", lambda device=None: 400 << 20)
+    assert resolve_tile_size("auto", 4096, 4096, torch.float32, device=cuda) == ex.DEFAULT_TILE_CUDA
+    assert ex.DEFAULT_TILE_CUDA[0] * ex.DEFAULT_TILE_CUDA[1] > DEFAULT_TILE[0] * DEFAULT_TILE[1]
+    # an explicit budget overrides the share on every device
+    assert resolve_tile_size("auto", 4096, 4096, torch.float32, memory_budget_bytes=1 << 30, device=cuda) is None
+
+
 @pytest.mark.parametrize("case", ["info_nce-angular-margin-symmetric", "sup_con-in", "con_r-paper", "sig_lip",
                                   "multi_view"])
 def test_tiled_gradcheck(case):

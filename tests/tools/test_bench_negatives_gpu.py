@@ -43,3 +43,30 @@ def test_worker_inputs_follow_the_device_argument():
     loss = fn()
     loss.backward()
     assert z1.device.type == "cpu" and z1.grad is not None and torch.isfinite(loss)
+
+
+def test_sweep_reuses_only_peer_points_and_filters_implementations(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_point(impl, B, D, tile, reps):
+        calls.append((impl, B, D))
+        return {"impl": impl, "B": B, "D": D, "status": "ok", "median_s": 0.001, "delta_peak_mb": 1.0}
+
+    monkeypatch.setattr(bench, "run_point", fake_point)
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join(json.dumps(r) for r in [
+        {"impl": "open_clip:clip", "B": 64, "D": 8, "status": "ok", "median_s": 0.5, "delta_peak_mb": 2.0},
+        {"impl": "ours_dense:clip", "B": 64, "D": 8, "status": "ok", "median_s": 0.5, "delta_peak_mb": 2.0},
+        {"impl": "open_clip:clip", "B": 128, "D": 8, "status": "skipped_budget"},
+    ]))
+    args = bench.argparse.Namespace(tile="4x4", batches="64,128", dims="8", out=str(tmp_path / "new.jsonl"),
+                                    budget_s=1e9, point_s=1e9, long_s=1e9, reps=1, impls="ours_dense:clip,open_clip:clip",
+                                    reuse=str(old))
+    recs = bench.sweep(args)
+    # our point is rerun (our code changes between leases), the peer's measured point is carried over
+    assert sorted(calls) == [("open_clip:clip", 128, 8), ("ours_dense:clip", 64, 8), ("ours_dense:clip", 128, 8)]
+    assert {r["impl"].split(":")[1] for r in recs} == {"clip"} and len(recs) == 4
+    reused = [r for r in recs if r["impl"] == "open_clip:clip" and r["B"] == 64]
+    assert reused[0]["median_s"] == 0.5
+    # the new file holds only what this lease measured
+    assert len((tmp_path / "new.jsonl").read_text().splitlines()) == 3
