@@ -45,6 +45,8 @@ class RecConfig:
     mclrec_beta: float = 0.05
     reg_weight: float = 0.1
     tau: float = 1.0
+    cl_positions: str = "last"
+    training: str = "all_positions"
     crop_eta: float = 0.5
     mask_gamma: float = 0.5
     reorder_beta: float = 0.8
@@ -96,6 +98,12 @@ class RecConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise DataError(f"{name} must be a number >= 0, got {v!r}")
+        if self.training not in ("all_positions", "prefixes"):
+            raise DataError(f"training must be 'all_positions' or 'prefixes', got {self.training!r}")
+        if self.cl_positions == "all" and self.training == "prefixes":
+            raise DataError("cl_positions='all' needs training='all_positions' (a prefix row has one target)")
+        if self.cl_positions not in ("last", "all"):
+            raise DataError(f"cl_positions must be 'last' or 'all', got {self.cl_positions!r}")
         if not 0 <= self.dropout < 1:
             raise DataError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("crop_eta", "mask_gamma", "reorder_beta"):
@@ -145,6 +153,12 @@ HELP: dict[str, str] = {
     "mclrec_beta": "MCLRec: weight beta of L_cl2 (+ reg_weight * R) in the encoder loss (Beauty script: 0.05)",
     "reg_weight": "MCLRec: weight of the regulariser R inside the beta term and the augmenter loss (code: 0.1)",
     "tau": "temperature of every contrastive term (dot-product similarity; the papers' code: 1)",
+    "training": "training samples: 'all_positions' (one row per sequence, the loss at every position: fast) or "
+                "'prefixes' (the papers' RecBole form: one row per prefix, the loss and the contrastive views on its "
+                "last position only; ~6x more rows per epoch on Beauty)",
+    "cl_positions": "DuoRec's contrastive term on the last position of each sequence ('last': the paper's one "
+                    "prefix per sample, with a sampled same-target partner) or on every position ('all': every "
+                    "training prefix of the batch, two dropout views, same-target states as positives)",
     "crop_eta": "crop keeps floor(eta * L) items",
     "mask_gamma": "mask sets floor(gamma * L) items to padding",
     "reorder_beta": "reorder shuffles a span of floor(beta * L) items",

@@ -228,9 +228,12 @@ class SeqRecModule(ContrastiveModule):
                  max_len: int = 50, dropout: float = 0.5, lam: float = 0.1, beta: float = 0.05,
                  reg_weight: float = 0.1, tau: float = 1.0, eta: float = 0.5, gamma: float = 0.5,
                  reorder_beta: float = 0.8, lr: float = 1e-3, weight_decay: float = 0.0,
-                 exclude_seen: bool = True, ks: tuple[int, ...] = (5, 10, 20)) -> None:
+                 exclude_seen: bool = True, ks: tuple[int, ...] = (5, 10, 20), cl_positions: str = "last") -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if cl_positions not in ("last", "all"):
+            raise ValueError(f"cl_positions must be 'last' or 'all', got {cl_positions!r}")
+        self.cl_positions = cl_positions
         super().__init__(SASRec(n_items, dim, layers, heads, max_len, dropout), None, optimizer="adam", lr=lr,
                          weight_decay=weight_decay, scheduler="constant", log_diagnostics=False)
         self.method, self.lam, self.beta, self.reg_weight, self.tau = method, lam, beta, reg_weight, tau
@@ -283,6 +286,15 @@ class SeqRecModule(ContrastiveModule):
         if self.method == "cl4srec" and self.lam > 0:
             h1, h2 = self._views(batch)
             cl = self._con(h1, h2)
+            loss = loss + self.lam * cl
+            out["cl"] = cl.detach()
+        elif self.method == "duorec" and self.lam > 0 and self.cl_positions == "all":
+            # every training prefix at once: the causal state at position t is the prefix x_1..t's representation;
+            # views = this pass and a second dropout pass, labels = the next item (same-target states in the
+            # batch are positives, never negatives)
+            valid = batch["targets"] > 0
+            z2 = self.encoder(batch["items"])[valid]
+            cl = supervised_dot_contrast(hidden[valid], z2, batch["targets"][valid], self.tau)
             loss = loss + self.lam * cl
             out["cl"] = cl.detach()
         elif self.method == "duorec" and self.lam > 0:

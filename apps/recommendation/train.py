@@ -33,7 +33,7 @@ from apps.recommendation.model import SeqRecModule
 from core.training import default_callbacks, fit_with_resume, seed_everything
 
 __all__ = ["Experiment", "prepare", "TrainBatches", "EvalBatches", "fit", "load_model", "build_module",
-           "train_windows"]
+           "train_windows", "train_prefixes"]
 
 # settings that do not change the trained models (may differ between fit and evaluate)
 _NON_ARTEFACT = ("run_dir", "methods", "seeds", "eval_batch_size", "threads", "progress", "exclude_seen", "epochs",
@@ -59,6 +59,19 @@ def train_windows(train: np.ndarray, max_len: int) -> list[tuple[np.ndarray, np.
         start = max(0, end - max_len)
         rows.append((x[start:end], y[start:end]))
         end = start
+    return rows
+
+
+def train_prefixes(train: np.ndarray, max_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The papers' (RecBole's) training samples of one training sequence: one row per prefix ``train[:p]`` (its
+    last ``max_len`` items), whose only target is the next item ``train[p]`` (the other target slots are 0, so
+    the loss and the contrastive views see exactly one sample per prefix)."""
+    rows = []
+    for p in range(1, len(train)):
+        x = train[max(0, p - max_len): p]
+        y = np.zeros_like(x)
+        y[-1] = train[p]
+        rows.append((x, y))
     return rows
 
 
@@ -91,7 +104,8 @@ def prepare(cfg: RecConfig) -> Experiment:
     if cfg.max_items is not None and cfg.max_items < data.n_items:
         data = keep_popular_items(data, cfg.max_items)
     train_seqs = [s[:-2] for s in data.sequences]
-    rows = [r for t in train_seqs if len(t) >= 2 for r in train_windows(t, cfg.max_len)]
+    make_rows = train_windows if cfg.training == "all_positions" else train_prefixes
+    rows = [r for t in train_seqs if len(t) >= 2 for r in make_rows(t, cfg.max_len)]
     if not rows:
         raise DataError(f"{data.source}: no user has 4+ interactions, so there is nothing to train on")
     users, ends, targets = [], [], []
@@ -222,7 +236,8 @@ def build_module(cfg: RecConfig, exp: Experiment, method: str) -> SeqRecModule:
     return SeqRecModule(exp.data.n_items, method, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
                         max_len=cfg.max_len, dropout=cfg.dropout, reg_weight=cfg.reg_weight, tau=cfg.tau,
                         eta=cfg.crop_eta, gamma=cfg.mask_gamma, reorder_beta=cfg.reorder_beta, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, exclude_seen=cfg.exclude_seen, **cfg.method_weights(method))
+                        weight_decay=cfg.weight_decay, exclude_seen=cfg.exclude_seen, cl_positions=cfg.cl_positions,
+                        **cfg.method_weights(method))
 
 
 class History(Callback):
@@ -311,8 +326,8 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
                           log_every_n_steps=max(1, min(20, len(loader))),
                           enable_model_summary=False, enable_progress_bar=cfg.progress,
                           check_val_every_n_epoch=cfg.eval_every, num_sanity_val_steps=0, callbacks=callbacks)
-    log(f"[recommendation] fit {method} (seed {seed}) on {len(exp.train_rows)} training sequences, "
-        f"{sum(len(r[1]) for r in exp.train_rows)} next-item targets, {exp.data.n_items} items -> {out}")
+    log(f"[recommendation] fit {method} (seed {seed}) on {len(exp.train_rows)} training rows, "
+        f"{sum(int((r[1] > 0).sum()) for r in exp.train_rows)} next-item targets, {exp.data.n_items} items -> {out}")
     t0 = time.perf_counter()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     with warnings.catch_warnings():

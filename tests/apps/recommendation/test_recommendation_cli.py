@@ -111,6 +111,10 @@ def test_bad_input_exits_nonzero_without_report(tmp_path: Path, capsys: pytest.C
     assert main(["run", "--data", good, "--run-dir", runs, "--batch-size", "1"]) == 2
     assert main(["run", "--data", good, "--run-dir", runs, "--methods", "gru4rec"]) == 2
     assert main(["run", "--data", good, "--run-dir", runs, "--dim", "15", "--heads", "2"]) == 2
+    assert main(["run", "--data", good, "--run-dir", runs, "--training", "sessions"]) == 2
+    assert "training must be" in capsys.readouterr().err
+    assert main(["run", "--data", good, "--run-dir", runs, "--training", "prefixes", "--cl-positions", "all"]) == 2
+    assert "needs training='all_positions'" in capsys.readouterr().err
     assert main(["evaluate", "--data", good, "--run-dir", runs, *TINY]) == 2  # nothing fitted yet
     assert "run `fit` first" in capsys.readouterr().err
     assert not list(Path(tmp_path).rglob("report.json"))
@@ -123,6 +127,19 @@ def test_module_builds_for_every_method(tmp_path: Path) -> None:
         module = build_module(cfg, exp, m)
         assert module.method == m and module.encoder.item_emb.num_embeddings == exp.data.n_items + 1
     assert hasattr(build_module(cfg, exp, "mclrec"), "aug1")
+    # the papers' prefix samples train every method too (one target per row, DuoRec's partner by that target)
+    pcfg = RecConfig(data=_tiny(tmp_path / "t.txt"), run_dir=str(tmp_path), dim=16, heads=2, training="prefixes")
+    pexp = prepare(pcfg)
+    from apps.recommendation.train import train_loader
+
+    batch = next(iter(train_loader(pcfg, pexp, "duorec", 0)))
+    assert ((batch["targets"] > 0).sum(1) == 1).all()
+    assert torch.equal(batch["targets"][torch.arange(len(batch["lengths"])), batch["lengths"] - 1],
+                       batch["last_target"])
+    for m in ("sasrec", "cl4srec", "duorec", "mclrec"):
+        module = build_module(pcfg, pexp, m)
+        if m != "mclrec":
+            assert torch.isfinite(module.contrastive_step(batch)["loss"])
 
 
 def test_tour_entry_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

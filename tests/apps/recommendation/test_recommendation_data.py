@@ -9,7 +9,7 @@ import pytest
 
 from apps.recommendation.config import RecConfig
 from apps.recommendation.data import DataError, leave_one_out, load_sequences
-from apps.recommendation.train import LengthBucketSampler, eval_split, prepare, train_windows
+from apps.recommendation.train import LengthBucketSampler, eval_split, prepare, train_prefixes, train_windows
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:
@@ -100,6 +100,27 @@ def test_train_windows_cover_every_target_once(n: int) -> None:
     for x, y in rows:
         assert len(x) == len(y) <= 50
         assert (y == x + 1).all()  # each input position predicts its next item
+
+
+def test_train_prefixes_one_sample_per_prefix_with_only_its_next_item() -> None:
+    train = np.array([7, 3, 9, 4])
+    rows = train_prefixes(train, max_len=2)
+    # prefixes [7], [7 3] and [7 3 9] (last 2 items: [3 9]); targets 3, 9, 4 at the last slot only
+    assert [x.tolist() for x, _ in rows] == [[7], [7, 3], [3, 9]]
+    assert [y.tolist() for _, y in rows] == [[3], [0, 9], [0, 4]]
+    long = train_prefixes(np.arange(1, 131), max_len=50)
+    assert len(long) == 129 and all(len(x) <= 50 and (y > 0).sum() == 1 and y[-1] == x[-1] + 1 for x, y in long)
+
+
+def test_prefix_training_has_the_same_targets_as_all_positions() -> None:
+    from apps.recommendation.config import RecConfig
+
+    base = dict(data="beauty", max_users=300, run_dir="unused")
+    a = prepare(RecConfig(**base))
+    b = prepare(RecConfig(**base, training="prefixes"))
+    ta = sorted(int(t) for _, y in a.train_rows for t in y if t > 0)
+    tb = sorted(int(t) for _, y in b.train_rows for t in y if t > 0)
+    assert ta == tb and len(b.train_rows) == len(tb) > len(a.train_rows)
 
 
 def test_length_bucket_sampler_is_a_partition() -> None:

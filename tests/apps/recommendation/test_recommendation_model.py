@@ -199,3 +199,23 @@ def test_mclrec_three_step_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
     m.training_step({"items": items, "targets": targets, "lengths": lengths}, 0)
     # (which optimiser, encoder moved, augmenters moved)
     assert events == [("encoder", True, False), ("augmenters", False, True), ("encoder", True, False)]
+
+
+def test_duorec_all_positions_contrasts_every_prefix_state_by_next_item() -> None:
+    # without dropout the two passes agree, so the term is the naive SupCon over [H_valid; H_valid] with the next
+    # item as label: every prefix state is an anchor, same-target prefixes (here items 3 and 7 recur) positives
+    torch.manual_seed(0)
+    m = SeqRecModule(12, "duorec", dim=8, heads=2, max_len=6, dropout=0.0, lam=1.0, cl_positions="all")
+    items = torch.tensor([[1, 2, 3, 4, 0, 0], [5, 2, 3, 6, 7, 0], [8, 9, 7, 0, 0, 0]])
+    targets = torch.tensor([[2, 3, 4, 9, 0, 0], [2, 3, 6, 7, 3, 0], [9, 7, 3, 0, 0, 0]])
+    batch = {"items": items, "targets": targets, "lengths": torch.tensor([4, 5, 3])}
+    out = m.contrastive_step(batch)
+    hidden = m.encoder(items)
+    valid = targets > 0
+    h, y = hidden[valid], targets[valid]
+    assert h.shape[0] == 12
+    naive = _naive_supcon_dot(torch.cat([h, h]), y.repeat(2))
+    assert torch.allclose(out["cl"], naive, atol=1e-5)
+    assert torch.allclose(out["loss"], out["rec"] + naive, atol=1e-5)
+    with pytest.raises(ValueError, match="cl_positions"):
+        SeqRecModule(12, "duorec", cl_positions="first")
