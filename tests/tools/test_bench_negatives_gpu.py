@@ -60,8 +60,8 @@ def test_sweep_reuses_only_peer_points_and_filters_implementations(tmp_path, mon
         {"impl": "open_clip:clip", "B": 128, "D": 8, "status": "skipped_budget"},
     ]))
     args = bench.argparse.Namespace(tile="4x4", batches="64,128", dims="8", out=str(tmp_path / "new.jsonl"),
-                                    budget_s=1e9, point_s=1e9, long_s=1e9, reps=1, impls="ours_dense:clip,open_clip:clip",
-                                    reuse=str(old))
+                                    budget_s=1e9, point_s=1e9, long_s=1e9, reps=1,
+                                    impls="ours_dense:clip,open_clip:clip", reuse=str(old))
     recs = bench.sweep(args)
     # our point is rerun (our code changes between leases), the peer's measured point is carried over
     assert sorted(calls) == [("open_clip:clip", 128, 8), ("ours_dense:clip", 64, 8), ("ours_dense:clip", 128, 8)]
