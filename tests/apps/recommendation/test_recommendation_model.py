@@ -219,3 +219,28 @@ def test_duorec_all_positions_contrasts_every_prefix_state_by_next_item() -> Non
     assert torch.allclose(out["loss"], out["rec"] + naive, atol=1e-5)
     with pytest.raises(ValueError, match="cl_positions"):
         SeqRecModule(12, "duorec", cl_positions="first")
+
+
+def test_encode_last_cut_and_chunked_equal_the_full_padded_pass() -> None:
+    torch.manual_seed(0)
+    m = SeqRecModule(1000, "duorec", dim=16, heads=2, max_len=30, dropout=0.3).eval()
+    items, lengths = _batch([3, 1, 7, 2, 9, 4, 5, 1, 6, 2], L=30, seed=4)  # padded far past the longest row
+    full = last_hidden(m.encoder(items), lengths)
+    torch.testing.assert_close(m.encode_last(items, lengths), full, rtol=1e-5, atol=1e-6)
+    chunked = m.encode_last(items, lengths, chunks=3)
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+    chunked.sum().backward()  # the scattered chunks keep the graph
+    assert m.encoder.item_emb.weight.grad is not None
+
+
+def test_fast_dropout_keeps_the_expectation_and_rate() -> None:
+    from apps.recommendation.model import FastDropout
+
+    torch.manual_seed(0)
+    d = FastDropout(0.3)
+    x = torch.ones(200_000)
+    y = d(x)
+    assert abs((y == 0).float().mean().item() - 0.3) < 0.01 and abs(y.mean().item() - 1.0) < 0.01
+    values = torch.unique(y).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7)
+    assert torch.equal(d.eval()(x), x)
