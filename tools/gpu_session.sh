@@ -8,7 +8,9 @@
 # benchmark peers can travel as wheels in .whl/ and EGL loaders as .deb files in .gl/ (see the device notes).
 # Usage: [PARTS="bench rl rec"] [RL_CONFIG=...] bash tools/gpu_session.sh [TRAIN_MINUTES] [BENCH_SECONDS] [REC_SEEDS]
 #   PARTS picks what runs (one app per lease is the lesson below); RL_CONFIG the online RL config
-#   (apps/rl/configs/online_gpu.yaml = DrQ-v2 protocol, online_gpu_long.yaml = the CPU protocol run longer).
+#   (apps/rl/configs/online_gpu.yaml = DrQ-v2 protocol, online_gpu_long.yaml = the CPU protocol run longer);
+#   REC_CONFIG the recommendation config (beauty_gpu.yaml = all-position rows, beauty_prefix.yaml = the papers'
+#   prefix samples), trained with --accelerator cuda.
 set -u
 # First lease (H200, 2026-11-26, args 5.0 75 "0 1"): startup + benchmark took 121 s, training 377 s, and the
 # scoring did not finish inside the 600 s call; 8 recommendation processes beside 4 RL ones slowed the RL loop to
@@ -19,6 +21,8 @@ REC_SEEDS=${3:-"0"}
 PARTS=${PARTS:-"bench rl rec"}
 RL_CONFIG=${RL_CONFIG:-apps/rl/configs/online_gpu.yaml}
 RL_RUN_DIR=$(sed -n 's/^run_dir: *//p' "$RL_CONFIG")
+REC_CONFIG=${REC_CONFIG:-apps/recommendation/configs/beauty_gpu.yaml}
+REC_RUN_DIR=$(sed -n 's/^run_dir: *//p' "$REC_CONFIG")
 OUT=${OUT:-runs/gpu_session}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$OUT" runs/logs
@@ -63,8 +67,8 @@ has rl && for aux in none taco; do
 done
 has rec && for m in sasrec cl4srec duorec mclrec; do
   for seed in $REC_SEEDS; do
-    $PY -m apps.recommendation fit --config apps/recommendation/configs/beauty_gpu.yaml --methods $m --seeds $seed \
-      --max-minutes "$TRAIN_MIN" > runs/logs/rec_${m}_${seed}.log 2>&1 &
+    $PY -m apps.recommendation fit --config "$REC_CONFIG" --methods $m --seeds $seed --accelerator cuda \
+      --max-minutes "$TRAIN_MIN" --no-progress > runs/logs/rec_${m}_${seed}.log 2>&1 &
     pids+=($!)
   done
 done
@@ -73,7 +77,7 @@ stamp "training done"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
 
 pack() { tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.ckpt' runs/logs "$RL_RUN_DIR" \
-  runs/recommendation/gpu 2>/dev/null; }
+  "$REC_RUN_DIR" 2>/dev/null; }
 pack  # histories and logs are safe even if the scoring below runs out of time
 
 # 3. scoring and reports (both in parallel; the test ranking runs on the CPU with more threads)
@@ -81,7 +85,7 @@ has rl && timeout 90 $PY -m apps.rl compare --config "$RL_CONFIG" --score-only -
   > runs/logs/rl_compare.log 2>&1 &
 p1=$!
 # shellcheck disable=SC2086
-has rec && timeout 90 $PY -m apps.recommendation evaluate --config apps/recommendation/configs/beauty_gpu.yaml \
+has rec && timeout 90 $PY -m apps.recommendation evaluate --config "$REC_CONFIG" \
   --seeds $REC_SEEDS --threads 8 > runs/logs/rec_evaluate.log 2>&1 &
 p2=$!
 wait

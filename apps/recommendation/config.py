@@ -168,8 +168,9 @@ HELP: dict[str, str] = {
     "progress": "show progress bars",
     "accelerator": "Lightning accelerator for training and validation (cpu, cuda / gpu, auto); the test ranking "
                    "runs on the CPU",
-    "max_minutes": "wall-clock limit of each method's fit (Lightning max_time): training stops there and keeps "
-                   "the best validated model",
+    "max_minutes": "wall-clock limit of each method's training (Lightning max_time, counted over the whole run): "
+                   "training stops there and keeps the best validated model; re-running fit with a larger limit "
+                   "continues such a run from its last checkpoint",
 }
 
 

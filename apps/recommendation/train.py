@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
 
 from apps.recommendation.config import RecConfig
 from apps.recommendation.data import DataError, SequenceData, load_sequences
@@ -306,11 +306,20 @@ def method_dir(exp: Experiment, method: str, seed: int) -> Path:
 
 
 def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=print) -> Path:
-    """Train one method with one seed (skipped if its ``model.pt`` exists); returns the path of ``model.pt``."""
+    """Train one method with one seed; returns the path of ``model.pt``.
+
+    Skipped if its ``model.pt`` exists, unless that run was stopped by ``max_minutes``: then it continues from its
+    last checkpoint (``max_minutes`` counts the run's whole training time, so pass a larger one)."""
     out = method_dir(exp, method, seed)
     model_path = out / "model.pt"
     if model_path.is_file():
-        return model_path
+        try:
+            capped = json.loads((out / "fit.json").read_text()).get("stopped_by_time", False)
+        except (OSError, ValueError):
+            capped = False
+        if not capped:
+            return model_path
+        log(f"[recommendation] {method} (seed {seed}) was stopped by max_minutes: continuing from its last checkpoint")
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     module = build_module(cfg, exp, method)
@@ -341,8 +350,11 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     info = {"method": method, "seed": seed, "epochs_run": trainer.current_epoch,
             "stopped_early": trainer.current_epoch < cfg.epochs, "accelerator": str(trainer.strategy.root_device),
+            "stopped_by_time": bool(timer is not None and trainer.current_epoch < cfg.epochs
+                                    and timer.time_remaining("train") <= 0),
             "best_val_ndcg@10": float(best.best_model_score) if best.best_model_score is not None else None,
             "best_epoch": max((h for h in hist if "val" in h), key=lambda h: h["val"].get("ndcg@10", -1),
                               default={}).get("epoch"),

@@ -170,6 +170,17 @@ def test_max_minutes_caps_a_fit_and_keeps_a_model(tmp_path: Path, capsys: pytest
     assert (method_dir / "model.pt").is_file()
     # the cap and the accelerator are not model settings: the same run directory evaluates without them
     assert main(["evaluate", "--data", data, "--run-dir", runs, "--methods", "sasrec", *TINY]) == 0
+    assert fit["stopped_by_time"]
+    # a larger limit continues the capped run from its last checkpoint (not from scratch), up to --epochs
+    first_lines = (method_dir / "history.jsonl").read_text().splitlines()
+    assert main([*args, "--epochs", "3", "--max-minutes", "10"]) == 0
+    assert "continuing from its last checkpoint" in capsys.readouterr().out
+    fit2 = json.loads((method_dir / "fit.json").read_text())
+    assert fit2["epochs_run"] == 3 and not fit2["stopped_by_time"]
+    lines = (method_dir / "history.jsonl").read_text().splitlines()
+    assert lines[: len(first_lines)] == first_lines and len(lines) == 3
+    assert main([*args, "--epochs", "3", "--max-minutes", "10"]) == 0  # finished: skipped
+    assert "continuing" not in capsys.readouterr().out
     for bad, name in ((["--accelerator", "tpu"], "accelerator"), (["--max-minutes", "-1"], "max_minutes")):
         assert main([*args, *bad]) == 2
         assert name in capsys.readouterr().err
