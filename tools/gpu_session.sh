@@ -10,7 +10,7 @@
 #   PARTS picks what runs (one app per lease is the lesson below); RL_CONFIG the online RL config
 #   (apps/rl/configs/online_gpu.yaml = DrQ-v2 protocol, online_gpu_long.yaml = the CPU protocol run longer);
 #   REC_CONFIG the recommendation config (beauty_gpu.yaml = all-position rows, beauty_prefix.yaml = the papers'
-#   prefix samples), trained with --accelerator cuda.
+#   prefix samples), trained with --accelerator cuda; KEEP_REC_CKPT=1 returns each run's last.ckpt (continuable).
 set -u
 # First lease (H200, 2026-11-26, args 5.0 75 "0 1"): startup + benchmark took 121 s, training 377 s, and the
 # scoring did not finish inside the 600 s call; 8 recommendation processes beside 4 RL ones slowed the RL loop to
@@ -93,5 +93,15 @@ stamp "reports done"
 tail -n 4 runs/logs/rl_compare.log runs/logs/rec_evaluate.log
 
 pack
+# KEEP_REC_CKPT=1: each recommendation run's resume point (last.ckpt + best weights, ~14 MB) comes back as its own
+# file (at most 8 files of 16 MiB come back, so at most 7 runs), so a later
+# lease can carry the run directory back (carry: ["runs/recommendation/..."]) and `fit` continues it
+if has rec && [ "${KEEP_REC_CKPT:-0}" = 1 ]; then
+  for d in "$REC_RUN_DIR"/*/seed*/*/; do
+    [ -f "$d/checkpoints/last.ckpt" ] || continue
+    name=$(echo "$d" | tr '/' '_' | tr -s '_' | sed 's/_$//')
+    tar czf "$OUT/ckpt_${name}.tgz" --exclude='epoch=*' "$d" 2>/dev/null  # last 11 MB + best 3.5 MB
+  done
+fi
 ls -la "$OUT"
 stamp "packed"

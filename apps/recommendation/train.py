@@ -324,8 +324,9 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
     seed_everything(seed)
     module = build_module(cfg, exp, method)
     loader = train_loader(cfg, exp, method, seed)
+    # weights only (3.5 MB on Beauty instead of 11 MB with Adam's state): it is only ever loaded as weights
     best = ModelCheckpoint(dirpath=out / "checkpoints" / "best", filename="best", monitor="val/ndcg@10", mode="max",
-                           save_top_k=1, save_last=False)
+                           save_top_k=1, save_last=False, save_weights_only=True)
     callbacks = [*default_callbacks(out, save_top_k=1, progress_bar=cfg.progress), best,
                  EarlyStopping(monitor="val/ndcg@10", mode="max", patience=cfg.patience,
                                check_on_train_epoch_end=False),
