@@ -100,7 +100,8 @@ if has rec && [ "${KEEP_REC_CKPT:-0}" = 1 ]; then
   for d in "$REC_RUN_DIR"/*/seed*/*/; do
     [ -f "$d/checkpoints/last.ckpt" ] || continue
     name=$(echo "$d" | tr '/' '_' | tr -s '_' | sed 's/_$//')
-    tar czf "$OUT/ckpt_${name}.tgz" --exclude='epoch=*' "$d" 2>/dev/null  # last 11 MB + best 3.5 MB
+    # last 11 MB + best weights 3.5 MB (model.pt is rewritten when the continued fit ends)
+    tar czf "$OUT/ckpt_${name}.tgz" --exclude='epoch=*' --exclude=model.pt "$d" 2>/dev/null
   done
 fi
 ls -la "$OUT"
