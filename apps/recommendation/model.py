@@ -248,10 +248,10 @@ class SeqRecModule(ContrastiveModule):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if cl_positions not in ("last", "all"):
             raise ValueError(f"cl_positions must be 'last' or 'all', got {cl_positions!r}")
-        self.cl_positions = cl_positions
         super().__init__(SASRec(n_items, dim, layers, heads, max_len, dropout), None, optimizer="adam", lr=lr,
                          weight_decay=weight_decay, scheduler="constant", log_diagnostics=False)
         self.method, self.lam, self.beta, self.reg_weight, self.tau = method, lam, beta, reg_weight, tau
+        self.cl_positions = cl_positions
         self.rates = (eta, gamma, reorder_beta)
         self.exclude_seen, self.ks = exclude_seen, tuple(ks)
         if method == "mclrec":
