@@ -34,7 +34,7 @@ def _median(xs):
     return s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
 
 
-def run_point(impl: str, B: int, D: int, tile, reps: int) -> dict:
+def run_point(impl: str, B: int, D: int, tile, reps: int, warmup: int = 1) -> dict:
     import torch
 
     rec = {"impl": impl, "B": B, "D": D, "device": torch.cuda.get_device_name(), "torch": torch.__version__}
@@ -56,7 +56,7 @@ def run_point(impl: str, B: int, D: int, tile, reps: int) -> dict:
     torch.cuda.reset_peak_memory_stats()
     times = []
     try:
-        for i in range(1 + reps):
+        for i in range(warmup + reps):
             for x in inputs:
                 x.grad = None
             torch.cuda.synchronize()
@@ -64,7 +64,7 @@ def run_point(impl: str, B: int, D: int, tile, reps: int) -> dict:
             loss = fn()
             loss.backward()
             torch.cuda.synchronize()
-            if i >= 1:
+            if i >= warmup:
                 times.append(time.perf_counter() - t0)
             rec["loss"] = float(loss.detach())
             loss = None
@@ -79,6 +79,22 @@ def run_point(impl: str, B: int, D: int, tile, reps: int) -> dict:
     gc.collect()
     torch.cuda.empty_cache()
     return rec
+
+
+def _auto_same_as_tiled(impl: str, B: int, D: int, tile, recs: list[dict]) -> dict | None:
+    """The ``ours_tiled`` record of this point when ``impl`` is ``ours_auto`` and auto resolves to the same tiles."""
+    if not impl.startswith("ours_auto"):
+        return None
+    import torch
+
+    from core.negatives import resolve_tile_size
+
+    fam = impl.split(":")[1]
+    n = 2 * B if fam in ("ntxent", "supcon") else B
+    if resolve_tile_size("auto", n, n, torch.float32, device=torch.device("cuda")) != tuple(tile):
+        return None
+    return next((r for r in recs if r["impl"] == f"ours_tiled:{fam}" and r["B"] == B and r["D"] == D
+                 and r["status"] == "ok"), None)
 
 
 def sweep(args) -> list[dict]:
@@ -103,10 +119,10 @@ def sweep(args) -> list[dict]:
                 done[(r["impl"], r["B"], r["D"])] = r
     stop: dict = {}  # (impl, D) -> why larger batches are not run
     last: dict = {}  # (impl, D) -> (B, median_s) of the largest completed batch
-    # breadth first (every implementation at a batch size before the next size), so a short lease still
-    # covers every implementation at the small batches
-    for D in dims:
-        for B in batches:
+    # breadth first (every implementation at a batch size, both widths, before the next size), so a short lease
+    # still covers every implementation at the small batches
+    for B in batches:
+        for D in dims:
             for impl in impls:
                 key = (impl, D)
                 if (impl, B, D) in done:
@@ -120,8 +136,13 @@ def sweep(args) -> list[dict]:
                     if est is not None and est * 2 > args.point_s:
                         rec = {"impl": impl, "B": B, "D": D, "status": "skipped_time", "est_s": round(est, 1)}
                     else:
-                        reps = 1 if est is not None and est > args.long_s else args.reps
-                        rec = run_point(impl, B, D, tile, reps)
+                        long = est is not None and est > args.long_s
+                        same = _auto_same_as_tiled(impl, B, D, tile, recs)
+                        if same is not None:  # 'auto' picked the tiles just measured: the same computation
+                            rec = {**same, "impl": impl, "auto_choice": f"tiled {same['tile']}",
+                                   "note": "auto chose the tiles of ours_tiled: that point is reused"}
+                        else:  # long points: one pass, no warm-up (the smaller batches warmed the kernels)
+                            rec = run_point(impl, B, D, tile, 1 if long else args.reps, 0 if long else 1)
                 if rec["status"] == "ok":
                     last[key] = (B, rec["median_s"])
                 elif rec["status"] in ("oom", "unavailable", "error", "skipped_time"):

@@ -49,7 +49,9 @@ print('render 84x84 ms', round((time.perf_counter() - t) * 20, 2))" 2>&1 | tail 
 stamp "setup done"
 
 # 1. benchmark (alone on the GPU)
-has bench && timeout $(( BENCH_S + 60 )) $PY -m tools.bench_negatives_gpu --budget-s "$BENCH_S" --out "$OUT/bench_gpu.jsonl" \
+BENCH_POINT_S=${BENCH_POINT_S:-60}  # points estimated above this are skipped (200 lets B = 262144 run every loss)
+has bench && timeout $(( BENCH_S + BENCH_POINT_S + 60 )) $PY -m tools.bench_negatives_gpu --budget-s "$BENCH_S" \
+  --point-s "$BENCH_POINT_S" --out "$OUT/bench_gpu.jsonl" \
   --reuse tools/results/bench_negatives_gpu.jsonl \
   --md "$OUT/bench_negatives_gpu.md" --png "$OUT/bench_negatives_gpu.png" > runs/logs/bench_gpu.log 2>&1
 has bench && tail -n 3 runs/logs/bench_gpu.log
