@@ -117,10 +117,13 @@ AUTO_MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8}
 
 
 def available_memory_bytes(device: torch.device | None = None) -> int:
-    """Free memory of ``device``: ``torch.cuda.mem_get_info`` on CUDA, ``MemAvailable`` of /proc/meminfo on
-    the CPU (8 GiB assumed where it cannot be read)."""
+    """Free memory of ``device``: on CUDA the driver's free memory plus what PyTorch's caching allocator holds
+    but does not use (without it, the memory a first dense pass left cached would make every later call look
+    short of memory and switch to tiles: measured on an H200), ``MemAvailable`` of /proc/meminfo on the CPU
+    (8 GiB assumed where it cannot be read)."""
     if device is not None and device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached_unused))
     try:
         with open("/proc/meminfo") as f:
             for line in f:

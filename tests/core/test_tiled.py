@@ -153,6 +153,21 @@ def test_auto_budget_share_and_tile_depend_on_the_device(monkeypatch):
     assert resolve_tile_size("auto", 4096, 4096, torch.float32, memory_budget_bytes=1 << 30, device=cuda) is None
 
 
+def test_cuda_available_memory_counts_the_allocators_unused_cache(monkeypatch):
+    """Memory PyTorch caches after a dense pass is free for the next one: 'auto' must not flip to tiles on the
+    second call (the H200 benchmark picked dense for the warm-up, then tiles for every timed pass)."""
+    import core.negatives.execution as ex
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 50 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    assert ex.available_memory_bytes(torch.device("cuda")) == (10 + 50 - 2) * gib
+    # a 40 GiB dense pass fits in 80 % of 58 GiB, not in 80 % of the driver's 10 GiB
+    n = int((40 * gib / ex.DENSE_BUFFERS / 4) ** 0.5)
+    assert resolve_tile_size("auto", n, n, torch.float32, device=torch.device("cuda")) is None
+
+
 @pytest.mark.parametrize("case", ["info_nce-angular-margin-symmetric", "sup_con-in", "con_r-paper", "sig_lip",
                                   "multi_view"])
 def test_tiled_gradcheck(case):
