@@ -175,6 +175,13 @@ def render(recs: list[dict], md: Path, png: Path | None) -> None:
              "`torch.cuda.max_memory_allocated()` minus the inputs. One process for all points "
              "(`python -m tools.bench_negatives_gpu`). Cells: time / extra peak memory, or why there is no number.",
              ""]
+    leases: dict = {}
+    for r in recs:
+        if r.get("lease") is not None and r["status"] in ("ok", "oom"):
+            leases.setdefault(r["lease"], set()).add(f"{r['impl'].split(':')[0]} D={r['D']}")
+    if len(leases) > 1:  # points carried over from earlier leases (--reuse): say which machine run measured what
+        lines += ["Points by lease (timings compare best within one lease): " + "; ".join(
+            f"lease {k}: {', '.join(sorted(v))}" for k, v in sorted(leases.items())) + ".", ""]
     for D in dims:
         lines += [f"## D = {D}", "", "| loss | implementation | " + " | ".join(f"B={b}" for b in batches) + " |",
                   "|---|---|" + "---|" * len(batches)]
