@@ -17,8 +17,7 @@ import time
 from collections.abc import Sequence
 
 from apps.anomaly.config import HELP, AnomalyConfig, load_yaml
-from apps.anomaly.data import DataError
-from core.training.options import add_dataclass_options, options_from_args
+from core.training.options import add_dataclass_options, options_from_args, run_command
 
 VERBS = {
     "pretrain": "self-supervised NT-Xent pre-training of the encoder(s) on the unlabelled pool",
@@ -54,36 +53,31 @@ def config_from_args(args: argparse.Namespace) -> AnomalyConfig:
     return cfg.validate()
 
 
+def _run(args: argparse.Namespace, t0: float) -> None:
+    import torch
+
+    from apps.anomaly.evaluate import evaluate
+    from apps.anomaly.train import fit, prepare, pretrain_only
+
+    cfg = config_from_args(args)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    exp = prepare(cfg, quick=args.quick)
+    print(f"[anomaly] {args.verb} on {exp.dataset} ({exp.kind}, {len(exp.tasks)} task(s)); run dir {exp.root}")
+    if args.verb == "pretrain":
+        for p in pretrain_only(cfg, exp):
+            print(f"[anomaly] pre-trained encoder: {p}")
+    elif args.verb == "fit":
+        fit(cfg, exp)
+        print("[anomaly] fitted; next: python -m apps.anomaly evaluate with the same options")
+    else:
+        evaluate(cfg, exp, train=args.verb == "run", started=t0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        import torch
-
-        from apps.anomaly.evaluate import evaluate
-        from apps.anomaly.train import fit, prepare, pretrain_only
-
-        cfg = config_from_args(args)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        exp = prepare(cfg, quick=args.quick)
-        print(f"[anomaly] {args.verb} on {exp.dataset} ({exp.kind}, {len(exp.tasks)} task(s)); run dir {exp.root}")
-        if args.verb == "pretrain":
-            for p in pretrain_only(cfg, exp):
-                print(f"[anomaly] pre-trained encoder: {p}")
-        elif args.verb == "fit":
-            fit(cfg, exp)
-            print("[anomaly] fitted; next: python -m apps.anomaly evaluate with the same options")
-        else:
-            evaluate(cfg, exp, train=args.verb == "run", started=t0)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    print(f"[anomaly] done in {time.perf_counter() - t0:.0f} s")
-    return 0
+    return run_command("anomaly", lambda: _run(args, t0), started=t0)
 
 
 if __name__ == "__main__":

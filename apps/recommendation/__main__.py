@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from apps.recommendation.config import HELP, RecConfig, load_yaml
 from apps.recommendation.data import DataError
-from core.training.options import add_dataclass_options, options_from_args
+from core.training.options import add_dataclass_options, options_from_args, run_command
 
 VERBS = {
     "fit": "train SASRec / CL4SRec / DuoRec / MCLRec (each method and seed; early stopping on validation NDCG@10)",
@@ -61,43 +61,38 @@ def config_from_args(args: argparse.Namespace) -> RecConfig:
     return cfg.validate()
 
 
+def _run(args: argparse.Namespace, t0: float) -> int | None:
+    import torch
+
+    from apps.recommendation.evaluate import evaluate, recommend
+    from apps.recommendation.train import fit, prepare
+
+    cfg = config_from_args(args)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    exp = prepare(cfg)
+    if args.verb == "recommend":
+        method = args.method or cfg.methods[-1]
+        if method not in cfg.methods:
+            raise DataError(f"--method {method!r} is not one of --methods {cfg.methods}")
+        recs = recommend(cfg, exp, method=method, seed=cfg.seeds[0], history=args.items, user=args.user, k=args.k)
+        print(f"[recommendation] top-{args.k} of {method} (seed {cfg.seeds[0]}) on {exp.data.name}:")
+        for rank, (item, score) in enumerate(recs, 1):
+            print(f"{rank:3d}  item {item}  score {score:.4f}")
+        return 0
+    print(f"[recommendation] {args.verb} on {exp.data.name} ({len(exp.data.sequences)} users, "
+          f"{exp.data.n_items} items); run dir {exp.root}")
+    if args.verb == "fit":
+        fit(cfg, exp)
+        print("[recommendation] fitted; next: python -m apps.recommendation evaluate with the same options")
+    else:
+        evaluate(cfg, exp, train=args.verb == "run", started=t0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        import torch
-
-        from apps.recommendation.evaluate import evaluate, recommend
-        from apps.recommendation.train import fit, prepare
-
-        cfg = config_from_args(args)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        exp = prepare(cfg)
-        if args.verb == "recommend":
-            method = args.method or cfg.methods[-1]
-            if method not in cfg.methods:
-                raise DataError(f"--method {method!r} is not one of --methods {cfg.methods}")
-            recs = recommend(cfg, exp, method=method, seed=cfg.seeds[0], history=args.items, user=args.user, k=args.k)
-            print(f"[recommendation] top-{args.k} of {method} (seed {cfg.seeds[0]}) on {exp.data.name}:")
-            for rank, (item, score) in enumerate(recs, 1):
-                print(f"{rank:3d}  item {item}  score {score:.4f}")
-            return 0
-        print(f"[recommendation] {args.verb} on {exp.data.name} ({len(exp.data.sequences)} users, "
-              f"{exp.data.n_items} items); run dir {exp.root}")
-        if args.verb == "fit":
-            fit(cfg, exp)
-            print("[recommendation] fitted; next: python -m apps.recommendation evaluate with the same options")
-        else:
-            evaluate(cfg, exp, train=args.verb == "run", started=t0)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    print(f"[recommendation] done in {time.perf_counter() - t0:.0f} s")
-    return 0
+    return run_command("recommendation", lambda: _run(args, t0), started=t0)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import typing
 from collections.abc import Sequence
 
 from apps.regression.config import QUICK, ConfigError, RegressionConfig, load_yaml
+from core.training.options import run_command
 
 _VERBS = {
     "fit": "train one method (resumes from <run_dir>/checkpoints/last.ckpt), then evaluate it",
@@ -85,38 +86,32 @@ def config_from_args(a: argparse.Namespace) -> RegressionConfig:
         raise ConfigError(str(e)) from None
 
 
+def _run(a: argparse.Namespace) -> None:
+    cfg = config_from_args(a)
+    if a.verb == "fit":
+        from apps.regression.evaluate import evaluate
+        from apps.regression.train import fit
+
+        evaluate(fit(cfg))
+    elif a.verb == "evaluate":
+        from apps.regression.config import resolve
+        from apps.regression.evaluate import evaluate
+
+        evaluate(resolve(cfg).default_run_dir())
+    else:
+        from apps.regression.compare import compare
+
+        y = load_yaml(a.config) if a.config else {}
+        methods = y.get("methods") if a.methods == build_parser_default("methods") and "methods" in y else a.methods
+        seeds = y.get("seeds") if a.seeds == build_parser_default("seeds") and "seeds" in y else a.seeds
+        methods = methods.split(",") if isinstance(methods, str) else list(methods)
+        seeds = [int(s) for s in seeds.split(",")] if isinstance(seeds, str) else [int(s) for s in seeds]
+        compare(cfg, [m.strip() for m in methods if m.strip()], seeds, focus=a.focus or y.get("focus"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from apps.regression.data import DataError
-
-    try:
-        cfg = config_from_args(a)
-        if a.verb == "fit":
-            from apps.regression.evaluate import evaluate
-            from apps.regression.train import fit
-
-            evaluate(fit(cfg))
-        elif a.verb == "evaluate":
-            from apps.regression.config import resolve
-            from apps.regression.evaluate import evaluate
-
-            evaluate(resolve(cfg).default_run_dir())
-        else:
-            from apps.regression.compare import compare
-
-            y = load_yaml(a.config) if a.config else {}
-            methods = y.get("methods") if a.methods == build_parser_default("methods") and "methods" in y else a.methods
-            seeds = y.get("seeds") if a.seeds == build_parser_default("seeds") and "seeds" in y else a.seeds
-            methods = methods.split(",") if isinstance(methods, str) else list(methods)
-            seeds = [int(s) for s in seeds.split(",")] if isinstance(seeds, str) else [int(s) for s in seeds]
-            compare(cfg, [m.strip() for m in methods if m.strip()], seeds, focus=a.focus or y.get("focus"))
-    except (DataError, ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+    return run_command("regression", lambda: _run(a))
 
 
 def build_parser_default(name: str) -> str:

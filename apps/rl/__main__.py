@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from apps.rl.config import HELP, RLConfig, load_yaml
 from apps.rl.data import DataError
-from core.training.options import add_dataclass_options, options_from_args
+from core.training.options import add_dataclass_options, options_from_args, run_command
 
 VERBS = {
     "fit": "offline: pre-train TACO / CPC encoders on the rollouts (--data); with --env: train an online agent",
@@ -57,45 +57,40 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
     return cfg.validate()
 
 
+def _run(args: argparse.Namespace, t0: float) -> None:
+    import torch
+
+    from apps.rl import evaluate as ev
+
+    cfg = config_from_args(args)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if args.verb == "compare":
+        if cfg.env is None:
+            raise DataError("compare needs --env (a DMC task such as cartpole_swingup)")
+        from apps.rl.compare import compare_online
+
+        compare_online(cfg, train=not args.score_only, started=t0)
+    elif cfg.env is not None:
+        print(f"[rl] {args.verb} online agent ({cfg.aux}) on {cfg.env}, seed {cfg.seed}; run dir {cfg.run_dir}")
+        if args.verb in ("fit", "run"):
+            print(f"[rl] trained: {ev.fit_online(cfg)}")
+        if args.verb in ("evaluate", "run"):
+            ev.evaluate_online_report(cfg, started=t0)
+    else:
+        print(f"[rl] {args.verb} offline on {cfg.data or 'the embedded rollouts'}; run dir {cfg.run_dir}")
+        if args.verb == "fit":
+            for out in ev.fit_offline(cfg):
+                print(f"[rl] pre-trained encoders in {out}")
+            print("[rl] fitted; next: python -m apps.rl evaluate with the same options")
+        else:
+            ev.evaluate_offline_report(cfg, started=t0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        import torch
-
-        from apps.rl import evaluate as ev
-
-        cfg = config_from_args(args)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if args.verb == "compare":
-            if cfg.env is None:
-                raise DataError("compare needs --env (a DMC task such as cartpole_swingup)")
-            from apps.rl.compare import compare_online
-
-            compare_online(cfg, train=not args.score_only, started=t0)
-        elif cfg.env is not None:
-            print(f"[rl] {args.verb} online agent ({cfg.aux}) on {cfg.env}, seed {cfg.seed}; run dir {cfg.run_dir}")
-            if args.verb in ("fit", "run"):
-                print(f"[rl] trained: {ev.fit_online(cfg)}")
-            if args.verb in ("evaluate", "run"):
-                ev.evaluate_online_report(cfg, started=t0)
-        else:
-            print(f"[rl] {args.verb} offline on {cfg.data or 'the embedded rollouts'}; run dir {cfg.run_dir}")
-            if args.verb == "fit":
-                for out in ev.fit_offline(cfg):
-                    print(f"[rl] pre-trained encoders in {out}")
-                print("[rl] fitted; next: python -m apps.rl evaluate with the same options")
-            else:
-                ev.evaluate_offline_report(cfg, started=t0)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    print(f"[rl] done in {time.perf_counter() - t0:.0f} s")
-    return 0
+    return run_command("rl", lambda: _run(args, t0), started=t0)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Sequence
 
 from apps.speaker.config import HELP, VARIANTS, SpeakerConfig, load_yaml
-from apps.speaker.data import DataError
+from core.training.options import run_command
 
 VERBS = {
     "fit": "self-supervised training of the encoder (two crops per utterance, margin NT-Xent); resumable",
@@ -82,47 +82,42 @@ def config_from_args(args: argparse.Namespace) -> SpeakerConfig:
     return dataclasses.replace(cfg, **updates).validate()
 
 
+def _run(args: argparse.Namespace, t0: float) -> int | None:
+    import torch
+
+    if args.verb == "embed":
+        from apps.speaker.embed import embed_files
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        embed_files(args.inputs, args.out, checkpoint=args.checkpoint, run_dir=args.run_dir, loss=args.loss,
+                    max_seconds=args.max_seconds, progress=args.progress)
+        return 0
+    from apps.speaker.evaluate import evaluate
+    from apps.speaker.train import fit, prepare
+
+    cfg = config_from_args(args)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if args.verb == "ablation":
+        from apps.speaker.ablation import ablation
+
+        ablation(cfg, started=t0)
+    else:
+        exp = prepare(cfg)
+        print(f"[speaker] {args.verb} on {exp.dataset} ({len(exp.train.speakers)} training speakers, "
+              f"{len(exp.heldout.speakers) if exp.heldout else 0} held out); run dir {exp.root}")
+        if args.verb == "fit":
+            fit(cfg, exp)
+            print("[speaker] fitted; next: python -m apps.speaker evaluate with the same options")
+        else:
+            evaluate(cfg, exp, train=args.verb == "run", started=t0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        import torch
-
-        if args.verb == "embed":
-            from apps.speaker.embed import embed_files
-
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            embed_files(args.inputs, args.out, checkpoint=args.checkpoint, run_dir=args.run_dir, loss=args.loss,
-                        max_seconds=args.max_seconds, progress=args.progress)
-            return 0
-        from apps.speaker.evaluate import evaluate
-        from apps.speaker.train import fit, prepare
-
-        cfg = config_from_args(args)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if args.verb == "ablation":
-            from apps.speaker.ablation import ablation
-
-            ablation(cfg, started=t0)
-        else:
-            exp = prepare(cfg)
-            print(f"[speaker] {args.verb} on {exp.dataset} ({len(exp.train.speakers)} training speakers, "
-                  f"{len(exp.heldout.speakers) if exp.heldout else 0} held out); run dir {exp.root}")
-            if args.verb == "fit":
-                fit(cfg, exp)
-                print("[speaker] fitted; next: python -m apps.speaker evaluate with the same options")
-            else:
-                evaluate(cfg, exp, train=args.verb == "run", started=t0)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    print(f"[speaker] done in {time.perf_counter() - t0:.0f} s")
-    return 0
+    return run_command("speaker", lambda: _run(args, t0), started=t0)
 
 
 if __name__ == "__main__":

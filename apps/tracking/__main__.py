@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from apps.tracking.config import HELP, TrackingConfig, load_yaml
 from apps.tracking.data import DataError
+from core.training.options import run_command
 
 VERBS = {
     "fit": "simulate training events on the detector geometry (or read --data with --train-source data), train "
@@ -113,42 +114,37 @@ def _simulate(cfg: TrackingConfig, args: argparse.Namespace) -> None:
         print(f"[tracking] {out / ev.name}: {ev.n_hits} hits, {len(ev.particles)} particles")
 
 
+def _run(args: argparse.Namespace, t0: float) -> None:
+    import torch
+
+    cfg = config_from_args(args)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if args.verb == "simulate":
+        _simulate(cfg, args)
+    elif args.verb == "scale":
+        from apps.tracking.scaling import scaling
+
+        scaling(cfg, args.hits, args.repeats)
+    elif args.verb == "fit":
+        from apps.tracking.data import read_event
+        from apps.tracking.train import data_split, fit
+
+        train_p, test_p = data_split(cfg)  # validate --data before any training
+        for p in train_p + test_p:
+            read_event(p, require_truth=cfg.train_source == "data")
+        root = fit(cfg)
+        print(f"[tracking] fitted in {root}; next: python -m apps.tracking evaluate with the same options")
+    else:
+        from apps.tracking.evaluate import evaluate
+
+        evaluate(cfg, train=args.verb == "run", started=t0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        import torch
-
-        cfg = config_from_args(args)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if args.verb == "simulate":
-            _simulate(cfg, args)
-        elif args.verb == "scale":
-            from apps.tracking.scaling import scaling
-
-            scaling(cfg, args.hits, args.repeats)
-        elif args.verb == "fit":
-            from apps.tracking.data import read_event
-            from apps.tracking.train import data_split, fit
-
-            train_p, test_p = data_split(cfg)  # validate --data before any training
-            for p in train_p + test_p:
-                read_event(p, require_truth=cfg.train_source == "data")
-            root = fit(cfg)
-            print(f"[tracking] fitted in {root}; next: python -m apps.tracking evaluate with the same options")
-        else:
-            from apps.tracking.evaluate import evaluate
-
-            evaluate(cfg, train=args.verb == "run", started=t0)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    print(f"[tracking] done in {time.perf_counter() - t0:.0f} s")
-    return 0
+    return run_command("tracking", lambda: _run(args, t0), started=t0)
 
 
 if __name__ == "__main__":

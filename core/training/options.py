@@ -7,21 +7,52 @@ command-line flags -- and every field is a flag whose help text states its defau
 * :func:`load_yaml_options` -- read a YAML mapping of field names; errors name the file (and line);
 * :func:`add_dataclass_options` -- one flag per field (``--field-name``; bools as ``--x / --no-x``, lists as
   ``nargs="+"``);
-* :func:`options_from_args` -- the layered settings from parsed arguments.
+* :func:`options_from_args` -- the layered settings from parsed arguments;
+* :func:`run_command` -- run a verb with the apps' exit convention (0; 2 and ``error: ...`` for bad input; 130 on
+  Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+import time
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["add_dataclass_options", "check_run_limits", "field_type", "load_yaml_options", "options_from_args"]
+__all__ = ["add_dataclass_options", "check_run_limits", "field_type", "load_yaml_options", "options_from_args",
+           "run_command"]
+
+INTERRUPTED = "interrupted: re-run the same command to resume from the last checkpoint"
+
+
+def run_command(app: str, body: Callable[[], object], *, started: float | None = None,
+                errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)) -> int:
+    """Run one verb of an app's command line and turn its outcome into the exit code.
+
+    Bad input (any of ``errors``: the apps' ``DataError`` / ``ConfigError`` are ``ValueError`` s) prints
+    ``error: <message>`` on stderr and returns 2 (the verb raises before it writes a partial report); Ctrl-C
+    prints how to resume and returns 130; an int returned by ``body`` is the exit code as it is; otherwise 0,
+    after ``[app] done in N s`` when ``started`` (a ``perf_counter`` value) is given.
+    """
+    try:
+        rc = body()
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    if isinstance(rc, int):  # a verb that sets its own exit code (and prints no timing line)
+        return rc
+    if started is not None:
+        print(f"[{app}] done in {time.perf_counter() - started:.0f} s")
+    return 0
 
 
 def load_yaml_options(path: str | Path, cls: type, error: type[Exception] = ValueError) -> dict[str, Any]:

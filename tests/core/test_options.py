@@ -66,3 +66,27 @@ def test_check_run_limits_names_the_bad_option():
                                ("cpu", True, "max_minutes"), ("cpu", "5", "max_minutes")):
         with pytest.raises(KeyError, match=name):
             check_run_limits(acc, minutes, KeyError)
+
+
+def test_run_command_exit_codes(capsys):
+    from core.training.options import INTERRUPTED, run_command
+
+    class DataError(ValueError):
+        pass
+
+    def bad():
+        raise DataError("data.txt line 3: expected integers")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_command("app", bad) == 2
+    assert capsys.readouterr().err == "error: data.txt line 3: expected integers\n"
+    assert run_command("app", interrupted) == 130
+    assert capsys.readouterr().err == INTERRUPTED + "\n"
+    assert run_command("app", lambda: None, started=0.0) == 0
+    assert capsys.readouterr().out.startswith("[app] done in ")
+    assert run_command("app", lambda: 3, started=0.0) == 3
+    assert capsys.readouterr().out == ""  # a verb that sets its exit code prints no timing line
+    with pytest.raises(RuntimeError):  # a bug is not an input error: it propagates with its traceback
+        run_command("app", lambda: (_ for _ in ()).throw(RuntimeError("bug")))

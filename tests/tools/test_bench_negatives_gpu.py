@@ -48,7 +48,7 @@ def test_worker_inputs_follow_the_device_argument():
 def test_sweep_reuses_only_peer_points_and_filters_implementations(tmp_path, monkeypatch):
     calls = []
 
-    def fake_point(impl, B, D, tile, reps):
+    def fake_point(impl, B, D, tile, reps, warmup=1):
         calls.append((impl, B, D))
         return {"impl": impl, "B": B, "D": D, "status": "ok", "median_s": 0.001, "delta_peak_mb": 1.0}
 
@@ -70,3 +70,32 @@ def test_sweep_reuses_only_peer_points_and_filters_implementations(tmp_path, mon
     assert reused[0]["median_s"] == 0.5
     # the new file holds only what this lease measured
     assert len((tmp_path / "new.jsonl").read_text().splitlines()) == 3
+
+
+def test_sweep_order_auto_reuse_and_long_points(tmp_path, monkeypatch):
+    """Batch-major order (both widths at a batch before the next batch); 'auto' reuses the tiled point when it
+    resolves to the same tiles; points estimated above --long-s run one pass without warm-up."""
+    calls = []
+
+    def fake_point(impl, B, D, tile, reps, warmup=1):
+        calls.append((impl, B, D, reps, warmup))
+        rec = {"impl": impl, "B": B, "D": D, "status": "ok", "median_s": 1e-2 * (B / 64) ** 2, "delta_peak_mb": 1.0}
+        if impl.startswith("ours_tiled"):
+            rec["tile"] = f"{tile[0]}x{tile[1]}"
+        return rec
+
+    import core.negatives
+
+    monkeypatch.setattr(bench, "run_point", fake_point)
+    # the dense pass 'fits' below 1000 rows: auto is dense there and tiles (4 x 4, like --tile) above
+    monkeypatch.setattr(core.negatives, "resolve_tile_size", lambda t, n, m, *a, **k: None if n < 1000 else (4, 4))
+    args = bench.argparse.Namespace(tile="4x4", batches="64,4096", dims="8,16", out=str(tmp_path / "new.jsonl"),
+                                    budget_s=1e9, point_s=1e9, long_s=5.0, reps=3,
+                                    impls="ours_tiled:clip,ours_auto:clip", reuse="")
+    recs = bench.sweep(args)
+    assert [(r["B"], r["D"]) for r in recs] == [(64, 8)] * 2 + [(64, 16)] * 2 + [(4096, 8)] * 2 + [(4096, 16)] * 2
+    assert calls == [("ours_tiled:clip", 64, 8, 3, 1), ("ours_auto:clip", 64, 8, 3, 1),
+                     ("ours_tiled:clip", 64, 16, 3, 1), ("ours_auto:clip", 64, 16, 3, 1),
+                     ("ours_tiled:clip", 4096, 8, 1, 0), ("ours_tiled:clip", 4096, 16, 1, 0)]
+    auto = [r for r in recs if r["impl"] == "ours_auto:clip" and r["B"] == 4096]
+    assert all(r["auto_choice"] == "tiled 4x4" and "reused" in r["note"] for r in auto)
