@@ -327,7 +327,10 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
     # weights only (3.5 MB on Beauty instead of 11 MB with Adam's state): it is only ever loaded as weights
     best = ModelCheckpoint(dirpath=out / "checkpoints" / "best", filename="best", monitor="val/ndcg@10", mode="max",
                            save_top_k=1, save_last=False, save_weights_only=True)
-    callbacks = [*default_callbacks(out, save_top_k=1, progress_bar=cfg.progress), best,
+    # `best` first: Lightning runs checkpoint callbacks in list order at each epoch end, and last.ckpt stores every
+    # callback's state; after the resumable one, `best` would be stored with the previous epoch's best score, and a
+    # continued run would then overwrite best.ckpt with any weights above that older score (test)
+    callbacks = [best, *default_callbacks(out, save_top_k=1, progress_bar=cfg.progress),
                  EarlyStopping(monitor="val/ndcg@10", mode="max", patience=cfg.patience,
                                check_on_train_epoch_end=False),
                  History(out / "history.jsonl")]

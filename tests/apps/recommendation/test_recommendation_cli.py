@@ -95,6 +95,11 @@ def test_interrupted_fit_resumes(tmp_path: Path) -> None:
     assert last["epoch"] == 2 and last["global_step"] == 3 * first["global_step"]
     fit = json.loads((method_dir / "fit.json").read_text())
     assert [h["epoch"] for h in fit["history"]] == [1, 2, 3]
+    # last.ckpt carries the best-model callback's state *after* this epoch's update: a run resumed from it must
+    # not think an older, lower score is the best (it would overwrite best.ckpt with worse weights)
+    best_state = next(v for k, v in last["callbacks"].items() if "ModelCheckpoint" in k and "val/ndcg@10" in k)
+    best_val = max(h["val"]["ndcg@10"] for h in fit["history"])
+    assert float(best_state["best_model_score"]) == pytest.approx(best_val, rel=1e-6)
     # other settings in the same run directory are refused
     assert main([*args, "--dim", "32"]) == 2
 
