@@ -46,10 +46,7 @@ def run_point(impl: str, B: int, D: int, tile, reps: int, warmup: int = 1) -> di
     except ImportError as e:
         return {**rec, "status": "unavailable", "error": f"{type(e).__name__}: {e}"}
     if impl.startswith("ours_auto"):
-        from core.negatives import resolve_tile_size
-
-        n = 2 * B if impl.split(":")[1] in ("ntxent", "supcon") else B
-        r = resolve_tile_size("auto", n, n, torch.float32, device=torch.device("cuda"))
+        r = _auto_tiles(impl, B)
         rec["auto_choice"] = "dense" if r is None else f"tiled {r[0]}x{r[1]}"
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -81,18 +78,21 @@ def run_point(impl: str, B: int, D: int, tile, reps: int, warmup: int = 1) -> di
     return rec
 
 
-def _auto_same_as_tiled(impl: str, B: int, D: int, tile, recs: list[dict]) -> dict | None:
-    """The ``ours_tiled`` record of this point when ``impl`` is ``ours_auto`` and auto resolves to the same tiles."""
-    if not impl.startswith("ours_auto"):
-        return None
+def _auto_tiles(impl: str, B: int) -> tuple[int, int] | None:
+    """What ``tile_size="auto"`` resolves to on the GPU now for this loss at batch ``B`` (None = dense)."""
     import torch
 
     from core.negatives import resolve_tile_size
 
-    fam = impl.split(":")[1]
-    n = 2 * B if fam in ("ntxent", "supcon") else B
-    if resolve_tile_size("auto", n, n, torch.float32, device=torch.device("cuda")) != tuple(tile):
+    n = 2 * B if impl.split(":")[1] in ("ntxent", "supcon") else B  # two views per sample
+    return resolve_tile_size("auto", n, n, torch.float32, device=torch.device("cuda"))
+
+
+def _auto_same_as_tiled(impl: str, B: int, D: int, tile, recs: list[dict]) -> dict | None:
+    """The ``ours_tiled`` record of this point when ``impl`` is ``ours_auto`` and auto resolves to the same tiles."""
+    if not impl.startswith("ours_auto") or _auto_tiles(impl, B) != tuple(tile):
         return None
+    fam = impl.split(":")[1]
     return next((r for r in recs if r["impl"] == f"ours_tiled:{fam}" and r["B"] == B and r["D"] == D
                  and r["status"] == "ok"), None)
 
