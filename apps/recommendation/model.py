@@ -97,6 +97,34 @@ class SASRec(nn.Module):
         causal = torch.triu(torch.full((L, L), float("-inf"), device=items.device), diagonal=1)
         return self.blocks(x, mask=causal, is_causal=True)
 
+    def forward_last(self, items: Tensor, lengths: Tensor) -> Tensor:
+        """The hidden state at each row's last valid position, ``(B, d)`` == ``forward(items)[b, lengths[b] - 1]``,
+        with the last block computed for those positions only (its other outputs are never read there).
+
+        The last block's query is each row's last position and its keys / values every position of the row (the
+        causal mask of that position is the row's padding mask), then the same residual, post-LN and feed-forward
+        as the block: exact, and about 40 % fewer FLOPs than a full pass with two blocks. Columns past the longest
+        row are cut first."""
+        if lengths.numel() == 0 or int(lengths.min()) < 1 or int(lengths.max()) > items.shape[1]:
+            raise ValueError(f"lengths must lie in [1, {items.shape[1]}], got {lengths.tolist()}")
+        L = int(lengths.max())
+        if L > self.max_len:
+            raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
+        x = self.item_emb(items[:, :L]) + self.pos_emb.weight[:L]
+        x = self.drop(self.norm(x))
+        *first, last = self.blocks.layers
+        if first:
+            causal = torch.triu(torch.full((L, L), float("-inf"), device=items.device), diagonal=1)
+            for block in first:
+                x = block(x, src_mask=causal, is_causal=True)
+        rows = torch.arange(x.shape[0], device=x.device)
+        q = x[rows, lengths - 1][:, None]  # (B, 1, d)
+        padding = torch.arange(L, device=x.device)[None] >= lengths[:, None]  # keys the last query may not see
+        sa = last.self_attn(q, x, x, key_padding_mask=padding, need_weights=False)[0]
+        h = last.norm1(q + last.dropout1(sa))
+        h = last.norm2(h + last.dropout2(last.linear2(last.dropout(last.activation(last.linear1(h))))))
+        return h[:, 0]
+
     def item_weights(self) -> Tensor:
         """The output embedding table M (tied with the input), (|I| + 1, d)."""
         return self.item_emb.weight
@@ -261,12 +289,26 @@ class SeqRecModule(ContrastiveModule):
 
     # --------------------------------------------------------------------------------------------- pieces
     def rec_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        """Full-softmax CE at every valid position: logits (n_valid, |I| + 1) = H M^T, padding column masked."""
-        valid = targets > 0
-        h = hidden[valid]
-        logits = h @ self.encoder.item_weights().T
+        """Full-softmax CE at every valid position: logits (n_valid, |I| + 1) = H M^T, padding column masked.
+        ``hidden`` is (B, L, d) with ``targets`` (B, L), or already the valid states (n, d) with their (n,)."""
+        if hidden.dim() == 3:
+            valid = targets > 0
+            hidden, targets = hidden[valid], targets[valid]
+        logits = hidden @ self.encoder.item_weights().T
         logits[:, 0] = float("-inf")
-        return F.cross_entropy(logits, targets[valid])
+        return F.cross_entropy(logits, targets)
+
+    def rec_states(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """(hidden states, next items) of the batch's valid targets, one encoder pass. When every target sits at
+        its row's last position (the papers' prefix samples), only those states are computed
+        (:meth:`SASRec.forward_last`); otherwise the whole (B, L) pass."""
+        items, targets, lengths = batch["items"], batch["targets"], batch["lengths"]
+        valid = targets > 0
+        rows = torch.arange(len(lengths), device=items.device)
+        at_last = valid[rows, lengths - 1]
+        if bool(at_last.all()) and int(valid.sum()) == len(lengths):
+            return self.encoder.forward_last(items, lengths), targets[rows, lengths - 1]
+        return self.encoder(items)[valid], targets[valid]
 
     def encode_last(self, items: Tensor, lengths: Tensor, chunks: int = 1) -> Tensor:
         """Last-position states of right-padded sequences. Columns past the longest sequence are cut first
@@ -280,8 +322,7 @@ class SeqRecModule(ContrastiveModule):
             for part in order.chunk(chunks):
                 out = out.index_copy(0, part, self.encode_last(items[part], lengths[part]))
             return out
-        width = int(lengths.max())
-        return last_hidden(self.encoder(items[:, :width]), lengths)
+        return self.encoder.forward_last(items, lengths)
 
     def _augment(self, batch: dict) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         return augment_views(batch["items"], batch["lengths"], *self.rates)
@@ -307,8 +348,8 @@ class SeqRecModule(ContrastiveModule):
 
     # --------------------------------------------------------------------------------------------- training
     def contrastive_step(self, batch: dict) -> dict[str, Tensor]:
-        hidden = self.encoder(batch["items"])
-        loss = self.rec_loss(hidden, batch["targets"])
+        hidden, targets = self.rec_states(batch)
+        loss = self.rec_loss(hidden, targets)
         out = {"rec": loss.detach()}
         if self.method == "cl4srec" and self.lam > 0:
             h1, h2 = self._views(batch)
@@ -319,9 +360,8 @@ class SeqRecModule(ContrastiveModule):
             # every training prefix at once: the causal state at position t is the prefix x_1..t's representation;
             # views = this pass and a second dropout pass, labels = the next item (same-target states in the
             # batch are positives, never negatives)
-            valid = batch["targets"] > 0
-            z2 = self.encoder(batch["items"])[valid]
-            cl = supervised_dot_contrast(hidden[valid], z2, batch["targets"][valid], self.tau)
+            z2, _ = self.rec_states(batch)
+            cl = supervised_dot_contrast(hidden, z2, targets, self.tau)
             loss = loss + self.lam * cl
             out["cl"] = cl.detach()
         elif self.method == "duorec" and self.lam > 0:
@@ -348,7 +388,7 @@ class SeqRecModule(ContrastiveModule):
             for p in aug_params:
                 p.requires_grad_(False)
             l_cl1, l_cl2, reg = self._mcl_terms(views)
-            rec = self.rec_loss(self.encoder(batch["items"]), batch["targets"])
+            rec = self.rec_loss(*self.rec_states(batch))
             loss = rec + self.lam * l_cl1 + self.beta * (l_cl2 + self.reg_weight * reg)
             opt_enc.zero_grad(set_to_none=True)
             self.manual_backward(loss)

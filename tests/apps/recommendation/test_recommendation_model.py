@@ -244,3 +244,49 @@ def test_fast_dropout_keeps_the_expectation_and_rate() -> None:
     values = torch.unique(y).tolist()
     assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7)
     assert torch.equal(d.eval()(x), x)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_forward_last_equals_the_full_pass_at_the_last_positions(layers: int) -> None:
+    # float64, train mode with dropout 0 (the python path of every block) and eval mode (the fused path)
+    torch.manual_seed(layers)
+    enc = SASRec(1000, dim=16, layers=layers, heads=2, max_len=30, dropout=0.0).double()
+    items, lengths = _batch([3, 1, 7, 2, 9, 4, 5, 1, 6, 2], L=30, seed=5)
+    for mode in (enc.train, enc.eval):
+        mode()
+        full = last_hidden(enc(items), lengths)
+        fast = enc.forward_last(items, lengths)
+        torch.testing.assert_close(fast, full, rtol=1e-10, atol=1e-12)
+    # the same gradient for every parameter
+    enc.train()
+    w = torch.randn(len(lengths), 16, dtype=torch.float64)
+    g_full = torch.autograd.grad((last_hidden(enc(items), lengths) * w).sum(), list(enc.parameters()))
+    g_fast = torch.autograd.grad((enc.forward_last(items, lengths) * w).sum(), list(enc.parameters()),
+                                 allow_unused=True)
+    for a, b in zip(g_full, g_fast):
+        torch.testing.assert_close(b if b is not None else torch.zeros_like(a), a, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="lengths"):
+        enc.forward_last(items, torch.zeros_like(lengths))
+
+
+def test_prefix_batches_take_the_last_position_path_with_the_same_loss() -> None:
+    # prefix samples (one target per row, at its last position) and all-position rows give the loss of the full
+    # pass; the prefix path computes only the last states
+    torch.manual_seed(0)
+    m = SeqRecModule(1000, "duorec", dim=16, heads=2, max_len=20, dropout=0.0, cl_positions="all").double()
+    items, lengths = _batch([3, 1, 7, 2, 9, 4], L=9, seed=6)
+    prefix_targets = torch.zeros_like(items)
+    prefix_targets[torch.arange(6), lengths - 1] = torch.arange(6) + 11
+    all_targets = torch.where(items > 0, (items % 997) + 1, torch.zeros_like(items))
+    for targets in (prefix_targets, all_targets):
+        batch = {"items": items, "targets": targets, "lengths": lengths}
+        hidden = m.encoder(items)
+        valid = targets > 0
+        naive = m.rec_loss(hidden, targets)
+        h, y = m.rec_states(batch)
+        torch.testing.assert_close(h, hidden[valid], rtol=1e-10, atol=1e-12)
+        assert torch.equal(y, targets[valid])
+        out = m.contrastive_step(batch)
+        torch.testing.assert_close(out["rec"], naive, rtol=1e-10, atol=1e-12)
+        expect = naive + 0.1 * supervised_dot_contrast(hidden[valid], hidden[valid], targets[valid])
+        torch.testing.assert_close(out["loss"], expect, rtol=1e-10, atol=1e-12)
