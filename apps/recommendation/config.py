@@ -155,7 +155,7 @@ HELP: dict[str, str] = {
     "tau": "temperature of every contrastive term (dot-product similarity; the papers' code: 1)",
     "training": "training samples: 'all_positions' (one row per sequence, the loss at every position: fast) or "
                 "'prefixes' (the papers' RecBole form: one row per prefix, the loss and the contrastive views on its "
-                "last position only; ~6x more rows per epoch on Beauty)",
+                "last position only; ~6x more rows per epoch on Beauty; only each row's last state is computed)",
     "cl_positions": "DuoRec's contrastive term on the last position of each sequence ('last': the paper's one "
                     "prefix per sample, with a sampled same-target partner) or on every position ('all': every "
                     "training prefix of the batch, two dropout views, same-target states as positives)",
