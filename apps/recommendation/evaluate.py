@@ -24,6 +24,7 @@ from apps.recommendation.data import DataError
 from apps.recommendation.model import SeqRecModule, ranking_metrics, target_ranks
 from apps.recommendation.train import (
     Experiment,
+    best_of,
     check_run_dir,
     eval_loader,
     eval_split,
@@ -183,6 +184,7 @@ def evaluate(cfg: RecConfig, exp: Experiment, *, train: bool = False, log=print,
             info_path = method_dir(exp, method, seed) / "fit.json"
             if info_path.is_file():
                 info = json.loads(info_path.read_text())
+                info.update(best_of(info["history"]))  # older fit.json files: a stale score
                 fits.append({k: info[k] for k in ("epochs_run", "best_epoch", "best_val_ndcg@10", "train_seconds_total",
                                                   "val_seconds_total", "stopped_early", "history")})
                 histories.setdefault(method, info["history"])

@@ -33,7 +33,7 @@ from apps.recommendation.model import SeqRecModule
 from core.training import default_callbacks, fit_with_resume, seed_everything
 
 __all__ = ["Experiment", "prepare", "TrainBatches", "EvalBatches", "fit", "load_model", "build_module",
-           "train_windows", "train_prefixes"]
+           "train_windows", "train_prefixes", "best_of"]
 
 # settings that do not change the trained models (may differ between fit and evaluate)
 _NON_ARTEFACT = ("run_dir", "methods", "seeds", "eval_batch_size", "threads", "progress", "exclude_seen", "epochs",
@@ -284,6 +284,15 @@ def read_history(path: Path) -> list[dict]:
     return [recs[k] for k in sorted(recs)]
 
 
+def best_of(history: list[dict]) -> dict:
+    """``{"best_val_ndcg@10", "best_epoch"}`` of a run's history: the first epoch with the highest validation
+    NDCG@10, the one the best-model checkpoint keeps (it saves on strict improvement); None without validation."""
+    best = max((h for h in history if "val" in h), key=lambda h: h["val"].get("ndcg@10", -1), default=None)
+    if best is None:
+        return {"best_val_ndcg@10": None, "best_epoch": None}
+    return {"best_val_ndcg@10": float(best["val"]["ndcg@10"]), "best_epoch": best["epoch"]}
+
+
 def check_run_dir(cfg: RecConfig, exp: Experiment, write: bool) -> None:
     """Refuse to mix models of different settings in one run directory."""
     want = {k: v for k, v in cfg.to_dict().items() if k not in _NON_ARTEFACT}
@@ -359,9 +368,7 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
             "stopped_early": trainer.current_epoch < cfg.epochs, "accelerator": str(trainer.strategy.root_device),
             "stopped_by_time": bool(timer is not None and trainer.current_epoch < cfg.epochs
                                     and timer.time_remaining("train") <= 0),
-            "best_val_ndcg@10": float(best.best_model_score) if best.best_model_score is not None else None,
-            "best_epoch": max((h for h in hist if "val" in h), key=lambda h: h["val"].get("ndcg@10", -1),
-                              default={}).get("epoch"),
+            **best_of(hist),
             "fit_seconds_this_attempt": seconds,
             "train_seconds_total": sum(h["train_seconds"] for h in hist),
             "val_seconds_total": sum(h.get("val_seconds", 0.0) for h in hist),

@@ -9,7 +9,14 @@ import pytest
 
 from apps.recommendation.config import RecConfig
 from apps.recommendation.data import DataError, leave_one_out, load_sequences
-from apps.recommendation.train import LengthBucketSampler, eval_split, prepare, train_prefixes, train_windows
+from apps.recommendation.train import (
+    LengthBucketSampler,
+    best_of,
+    eval_split,
+    prepare,
+    train_prefixes,
+    train_windows,
+)
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:
@@ -133,3 +140,13 @@ def test_length_bucket_sampler_is_a_partition() -> None:
     assert list(s) != batches  # a new order per epoch
     d = LengthBucketSampler(lengths, 64, seed=3, pool=4, drop_last=True)
     assert all(len(b) == 64 for b in d) and len(list(d)) == len(d)
+
+
+def test_best_of_is_the_first_epoch_with_the_highest_validation_ndcg() -> None:
+    hist = [{"epoch": 1, "train_seconds": 1.0, "val": {"ndcg@10": 0.02}},
+            {"epoch": 2, "train_seconds": 1.0},  # not validated
+            {"epoch": 3, "train_seconds": 1.0, "val": {"ndcg@10": 0.05}},
+            {"epoch": 4, "train_seconds": 1.0, "val": {"ndcg@10": 0.05}},  # a tie: the checkpoint keeps epoch 3
+            {"epoch": 5, "train_seconds": 1.0, "val": {"ndcg@10": 0.04}}]
+    assert best_of(hist) == {"best_val_ndcg@10": 0.05, "best_epoch": 3}
+    assert best_of(hist[1:2]) == {"best_val_ndcg@10": None, "best_epoch": None}
