@@ -56,6 +56,7 @@ class RecConfig:
     progress: bool = True
     accelerator: str = "cpu"
     max_minutes: float | None = None
+    missing_seeds: str = "error"
 
     @classmethod
     def quick(cls) -> RecConfig:
@@ -116,6 +117,8 @@ class RecConfig:
             raise DataError(f"max_items must be >= 2 or unset, got {self.max_items}")
         if self.threads is not None and self.threads < 1:
             raise DataError(f"threads must be >= 1, got {self.threads}")
+        if self.missing_seeds not in ("error", "skip"):
+            raise DataError(f"missing_seeds must be 'error' or 'skip', got {self.missing_seeds!r}")
         check_run_limits(self.accelerator, self.max_minutes, DataError)
         return self
 
@@ -171,6 +174,8 @@ HELP: dict[str, str] = {
     "max_minutes": "wall-clock limit of each method's training (Lightning max_time, counted over the whole run): "
                    "training stops there and keeps the best validated model; re-running fit with a larger limit "
                    "continues such a run from its last checkpoint",
+    "missing_seeds": "evaluate: a method with no fitted model for one of --seeds is an 'error' (default), or 'skip' "
+                     "tests the seeds it has (the report names them per method; a method with none is an error)",
 }
 
 

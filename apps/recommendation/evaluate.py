@@ -145,7 +145,9 @@ def _markdown(report: dict, plots: list[Path]) -> str:
         ep = ", ".join(str(f["epochs_run"]) for f in fit) or "-"
         per_ep = (f"{np.mean([f['train_seconds_total'] / max(1, f['epochs_run']) for f in fit]):.0f}"
                   if fit else "-")
-        lines.append(f"| {NAMES.get(m, m)} | {vals} | {ep} | {per_ep} | {len(r['per_seed'])} |")
+        seeds = [str(x["seed"]) for x in r["per_seed"] if "seed" in x]
+        seeds_col = f"{len(r['per_seed'])}" + (f" ({', '.join(seeds)})" if seeds else "")
+        lines.append(f"| {NAMES.get(m, m)} | {vals} | {ep} | {per_ep} | {seeds_col} |")
     if report.get("paper"):
         lines += ["", "MCLRec paper, Table 3 (Beauty; RecBole, 100 epochs, patience 10):", "",
                   "| method | " + " | ".join(m.upper() for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
@@ -176,6 +178,9 @@ def evaluate(cfg: RecConfig, exp: Experiment, *, train: bool = False, log=print,
         for seed in cfg.seeds:
             if train:
                 fit_method(cfg, exp, method, seed, log)
+            elif cfg.missing_seeds == "skip" and not (method_dir(exp, method, seed) / "model.pt").is_file():
+                log(f"[recommendation] {NAMES[method]}: nothing fitted for seed {seed}; skipped (--missing-seeds skip)")
+                continue
             module = load_model(cfg, exp, method, seed)
             t = time.perf_counter()
             ranks = heldout_ranks(module, exp, cfg)
@@ -188,6 +193,8 @@ def evaluate(cfg: RecConfig, exp: Experiment, *, train: bool = False, log=print,
                 fits.append({k: info[k] for k in ("epochs_run", "best_epoch", "best_val_ndcg@10", "train_seconds_total",
                                                   "val_seconds_total", "stopped_early", "history")})
                 histories.setdefault(method, info["history"])
+        if not per_seed:
+            raise DataError(f"nothing fitted for {method} in {exp.root} for any of seeds {cfg.seeds}; run `fit` first")
         mean, std = _mean_std(per_seed)
         results[method] = {"mean": mean, "std": std, "per_seed": per_seed, "fit": fits}
         log(f"[recommendation] {NAMES[method]}: " + ", ".join(f"{k} {mean[k]:.4f}" for k in METRICS))

@@ -37,7 +37,7 @@ __all__ = ["Experiment", "prepare", "TrainBatches", "EvalBatches", "fit", "load_
 
 # settings that do not change the trained models (may differ between fit and evaluate)
 _NON_ARTEFACT = ("run_dir", "methods", "seeds", "eval_batch_size", "threads", "progress", "exclude_seen", "epochs",
-                 "patience", "accelerator", "max_minutes")
+                 "patience", "accelerator", "max_minutes", "missing_seeds")
 
 
 @dataclass

@@ -83,6 +83,30 @@ def test_recommend_excludes_seen_items(fitted: tuple[str, str], capsys: pytest.C
     assert main(["recommend", "--data", data, "--run-dir", runs, "--items", "999", *TINY]) == 2
 
 
+def test_missing_seeds_error_or_skip(fitted: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--seeds 0 1 with only seed 0 fitted: an error by default; with --missing-seeds skip the report holds seed 0
+    alone, with the same metrics as a seed-0 evaluation."""
+    import shutil
+
+    data, runs = fitted
+    runs = str(shutil.copytree(runs, tmp_path / "runs"))
+    args = ["evaluate", "--data", data, "--run-dir", runs, "--methods", "sasrec", "mclrec", *TINY]
+    assert main([*args, "--seeds", "0"]) == 0
+    want = json.loads((Path(runs) / "tiny" / "report.json").read_text())
+    capsys.readouterr()
+    assert main([*args, "--seeds", "0", "1"]) == 2
+    assert "seed 1" in capsys.readouterr().err
+    assert main([*args, "--seeds", "0", "1", "--missing-seeds", "skip"]) == 0
+    assert "nothing fitted for seed 1; skipped" in capsys.readouterr().out
+    got = json.loads((Path(runs) / "tiny" / "report.json").read_text())
+    for m in ("sasrec", "mclrec"):
+        assert [r["seed"] for r in got["results"][m]["per_seed"]] == [0]
+        assert got["results"][m]["mean"] == pytest.approx(want["results"][m]["mean"], abs=1e-12)
+    assert "| 1 (0) |" in (Path(runs) / "tiny" / "report.md").read_text()
+    assert main([*args, "--seeds", "1", "--missing-seeds", "skip"]) == 2  # no seed at all: still an error
+    assert "for any of seeds [1]" in capsys.readouterr().err
+
+
 def test_interrupted_fit_resumes(tmp_path: Path) -> None:
     data, runs = _tiny(tmp_path / "tiny.txt", seed=1), str(tmp_path / "runs")
     args = ["fit", "--data", data, "--run-dir", runs, "--methods", "sasrec", *TINY]
