@@ -116,11 +116,13 @@ def _plots(out: Path, results: dict, paper: dict | None, histories: dict) -> lis
     paths.append(p)
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for m, hist in histories.items():
-        pts = [(h["epoch"], h["val"]["ndcg@10"]) for h in hist if "val" in h]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=NAMES.get(m, m))
-    ax.set(xlabel="epoch", ylabel="validation NDCG@10", title="Validation NDCG@10 (seed of the first run)")
+    for i, (m, runs) in enumerate(histories.items()):
+        for j, (seed, hist) in enumerate(runs):  # one colour per method; the first seed solid, the others dashed
+            pts = [(h["epoch"], h["val"]["ndcg@10"]) for h in hist if "val" in h]
+            if pts:
+                ax.plot(*zip(*pts), color=f"C{i}", ls="-" if j == 0 else "--", marker="o" if j == 0 else None,
+                        ms=3, lw=1.2, label=f"{NAMES.get(m, m)} (seed {seed})")
+    ax.set(xlabel="epoch", ylabel="validation NDCG@10", title="Validation NDCG@10 (every seed)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     p = out / "validation_ndcg10.png"
@@ -192,7 +194,7 @@ def evaluate(cfg: RecConfig, exp: Experiment, *, train: bool = False, log=print,
                 info.update(best_of(info["history"]))  # older fit.json files: a stale score
                 fits.append({k: info[k] for k in ("epochs_run", "best_epoch", "best_val_ndcg@10", "train_seconds_total",
                                                   "val_seconds_total", "stopped_early", "history")})
-                histories.setdefault(method, info["history"])
+                histories.setdefault(method, []).append((seed, info["history"]))
         if not per_seed:
             raise DataError(f"nothing fitted for {method} in {exp.root} for any of seeds {cfg.seeds}; run `fit` first")
         mean, std = _mean_std(per_seed)
