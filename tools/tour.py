@@ -5,9 +5,11 @@
     python -m tools.tour --list          # what would run
     python -m tools.tour --full          # full mode (long)
 
-Writes ``<out>/<timestamp>/report.md``, ``report.json``, ``summary.png`` and each entry's plots in
-``<out>/<timestamp>/<name>/``. Exits non-zero if an entry failed. Apps join by registering a function
-with :func:`core.tour.register_tour` in ``apps/<name>/tour.py``; this file never changes.
+Writes ``<out>/<timestamp>/report.md``, ``report.json``, ``summary.png`` (one panel per entry: the headline
+method beside its best baseline) and each entry's plots in ``<out>/<timestamp>/<name>/``. Every row says the
+mode it ran in; where quick mode does not show a method's benefit, the row names the full-mode page. Exits
+non-zero if an entry failed. Apps join by registering a function with :func:`core.tour.register_tour` in
+``apps/<name>/tour.py``; this file never changes.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     print(registry.format_table(results))
     print(f"\n[tour] {len(results)} entr{'y' if len(results) == 1 else 'ies'} in "
           f"{time.perf_counter() - t0:.1f} s; report: {report_dir / 'report.md'}")
+    mode = registry.mode_name(not a.full)
+    behind = [r.name for r in results if any(p["vs_baseline"] in ("loses", "ties") for p in registry.headline(r.rows))]
+    if behind:
+        print(f"[tour] {mode} mode does not show the headline's benefit in: {', '.join(behind)} "
+              "(see the notes; full-mode figures are on the pages they name)")
     failed = [r.name for r in results if r.error]
     if failed:
         print(f"[tour] FAILED: {', '.join(failed)}", file=sys.stderr)

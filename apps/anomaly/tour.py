@@ -18,7 +18,8 @@ def _rows(report: dict, seconds: float) -> list[dict]:
     tasks = ", ".join(report["metrics"]["per_class"])
     what = "normal digit" if report["dataset"] == "mnist" else "table"
     common = {"app": "anomaly (MSC)", "dataset": f"{report['dataset']} ({what} {tasks})", "seconds": seconds,
-              "metric": "ROC-AUC (mean)", "value": report["metrics"]["roc_auc"]}
+              "metric": "ROC-AUC (mean)", "value": report["metrics"]["roc_auc"], "higher_is_better": True,
+              "full_mode_ref": "docs/apps/anomaly.md"}
     rows = []
     for i, (name, m) in enumerate(report["baselines"].items()):
         rows.append({**common, "baseline": m["roc_auc"], "baseline_name": SHORT_NAMES.get(name, name),

@@ -28,5 +28,6 @@ def recommendation_tour(out_dir: Path, quick: bool) -> list[dict]:
             rows.append({"app": "recommendation (MCLRec)", "dataset": report["dataset"],
                          "metric": f"{metric.upper()} (full ranking, test)", "value": report["metrics"][metric],
                          "baseline": report["baselines"][baseline][metric], "baseline_name": NAMES[baseline],
-                         "seconds": seconds, **({"plots": report["plots"]} if not rows else {})})
+                         "higher_is_better": True, "full_mode_ref": "docs/apps/recommendation.md", "seconds": seconds,
+                         **({"plots": report["plots"]} if not rows else {})})
     return rows

@@ -31,8 +31,11 @@ def regression_tour(out_dir: Path, quick: bool) -> list[dict]:
     rows = []
     for m in ("conr", "supremix"):
         for metric in ("mae_few", "mae_many", "mae_all"):
-            rows.append({"app": "regression", "dataset": f"abalone (DIR split, seed{'s' if len(seeds) > 1 else ''} "
+            rows.append({"app": "regression (ConR)" if m == "conr" else "regression (SupReMix)",
+                         "dataset": f"abalone (DIR split, seed{'s' if len(seeds) > 1 else ''} "
                          f"{','.join(map(str, seeds))})", "metric": f"{metric} ({m}), lower is better",
                          "value": t[m][metric]["mean"], "baseline": t["vanilla"][metric]["mean"],
-                         "baseline_name": "vanilla L1", "seconds": seconds, "plots": plots if not rows else []})
+                         "baseline_name": "vanilla L1", "higher_is_better": False,
+                         "full_mode_ref": "docs/apps/regression.md", "seconds": seconds,
+                         "plots": plots if not rows else []})
     return rows

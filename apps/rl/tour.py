@@ -27,6 +27,7 @@ def rl_tour(out_dir: Path, quick: bool) -> list[dict]:
         m = report["metrics"] if i == 0 else report["baselines"][method]
         rows.append({"app": f"rl ({LABELS[method]})", "dataset": f"{report['dataset']} rollouts (rendered)",
                      "metric": "state-probe R^2", "value": m["state_probe_r2"],
-                     "baseline": rnd["state_probe_r2"], "baseline_name": "random encoder", "seconds": seconds,
+                     "baseline": rnd["state_probe_r2"], "baseline_name": "random encoder", "higher_is_better": True,
+                     "full_mode_ref": "docs/apps/rl.md", "seconds": seconds,
                      **({"plots": report["plots"]} if i == 0 else {})})
     return rows

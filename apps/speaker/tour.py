@@ -28,5 +28,6 @@ def speaker_tour(out_dir: Path, quick: bool) -> list[dict]:
             rows.append({"app": "speaker (NT-Xent-AM)", "dataset": f"{name} ({info['n_speakers']} unseen speakers)",
                          "metric": "EER (lower is better)", "value": report["metrics"][f"{name}_eer"],
                          "baseline": report["baselines"][base_name][f"{name}_eer"], "baseline_name": base_name,
-                         "seconds": seconds, **({"plots": report["plots"]} if i == j == 0 else {})})
+                         "higher_is_better": False, "full_mode_ref": "docs/apps/speaker.md", "seconds": seconds,
+                         **({"plots": report["plots"]} if i == j == 0 else {})})
     return rows

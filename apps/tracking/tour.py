@@ -26,6 +26,7 @@ def tracking_tour(out_dir: Path, quick: bool) -> list[dict]:
         rows.append({"app": "tracking (GNN)", "dataset": name, "metric": "TrackML score",
                      "value": per[BUILDER_METHOD[cfg.builder]]["trackml_score"],
                      "baseline": per["dbscan"]["trackml_score"],
-                     "baseline_name": METHOD_NAMES["dbscan"], "seconds": seconds,
+                     "baseline_name": METHOD_NAMES["dbscan"], "higher_is_better": True,
+                     "full_mode_ref": "docs/apps/tracking.md", "seconds": seconds,
                      **({"plots": report["plots"]} if i == 0 else {})})
     return rows

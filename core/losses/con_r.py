@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from core.losses._checks import check_choice, check_embeddings, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.sup_con import flatten_views
-from core.negatives.distributed import agree_on_input_errors, world_size
+from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
 __all__ = ["con_r", "ConR"]
 
@@ -84,7 +84,7 @@ def con_r(
     denominator: str = "paper",
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
 ) -> Tensor:
     """ConR (Keramati et al. 2024) over N views with continuous labels of any dimension:
     ``l_j = -(w_j / |K+|) sum_{i in K+} log(e^{s_ji} / (sum_{K+} e^{s_jp} + sum_{K-} S_jq e^{s_jq}))``, 0 without
@@ -104,6 +104,7 @@ def con_r(
         reduction: ``"mean"`` over all N anchors (zeros included), ``"sum"``, or ``"none"`` ((N,)).
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce`.
     """
+    gather = resolve_gather(gather)
     if isinstance(features, Tensor) and features.dim() == 3:
         z = flatten_views(features)
         B, V = features.shape[0], features.shape[1]
@@ -170,7 +171,7 @@ class ConR(nn.Module):
         denominator: str = "paper",
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_embeddings, check_positive, check_reduction
 from core.losses.engine import ContrastSpec, run_contrast, to_scale
-from core.negatives.distributed import agree_on_input_errors
+from core.negatives.distributed import agree_on_input_errors, resolve_gather
 
 __all__ = ["cpc", "CPC"]
 
@@ -45,7 +45,7 @@ def cpc(
     temperature: float | Tensor = 1.0,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
 ) -> Tensor:
     """CPC loss (van den Oord et al. 2018) of ``context`` (B, T, Dc) predicting ``future`` (B, T, Dz) 1..K
     steps ahead: ``sum_k mean_{b,t} -log softmax_{(b',t')}(z_{b't'} . W_k c_{bt} / tau)[(b, t+k)]``.
@@ -62,6 +62,7 @@ def cpc(
         tile_size, gather: execution mode of each step, as in :func:`core.losses.info_nce`; with
             ``gather`` the candidates come from every rank.
     """
+    gather = resolve_gather(gather)
     check_embeddings("context", context, ndim=3)
     check_embeddings("future", future, ndim=3)
     check_positive("temperature", temperature)
@@ -116,7 +117,7 @@ class CPC(nn.Module):
         temperature: float = 1.0,
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
         bias: bool = False,
     ) -> None:
         super().__init__()

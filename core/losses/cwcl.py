@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_pair, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
-from core.negatives.distributed import agree_on_input_errors
+from core.negatives.distributed import agree_on_input_errors, resolve_gather
 
 __all__ = ["cwcl", "CWCL"]
 
@@ -62,7 +62,7 @@ def cwcl(
     symmetric: bool = True,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
 ) -> Tensor:
     """CWCL (Srinivasa et al. 2023) between ``a`` (B, D) and ``b`` (B, D) with intra-modal weights
     ``weights`` (B, B) in [0, 1]: ``l_i = -(1 / sum_j w_ij) sum_j w_ij log softmax_k(a_i . b_k / tau)[j]``.
@@ -79,6 +79,7 @@ def cwcl(
         reduction: ``"mean"`` over anchors, ``"sum"``, or ``"none"`` ((B,)).
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce`.
     """
+    gather = resolve_gather(gather)
     check_pair("a", a, "b", b)
     check_positive("temperature", temperature)
     check_reduction(reduction)
@@ -114,7 +115,7 @@ class CWCL(nn.Module):
         symmetric: bool = True,
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)

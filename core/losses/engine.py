@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.negatives.distributed import resolve_gather
 from core.negatives.execution import Block, BlockFn, pair_reduce, safe_logsumexp
 
 __all__ = ["ContrastBlockFn", "ContrastSpec", "contrast_block", "reduce_pairs", "run_contrast", "prepare", "to_scale"]
@@ -408,7 +409,7 @@ def reduce_pairs(
     row_meta: Mapping[str, Tensor] | None = None,
     col_meta: Mapping[str, Tensor] | None = None,
     tile_size=None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
     extra_candidates: Tensor | None = None,
     id_keys: Sequence[str] = ("pos_id", "self_id"),
 ) -> tuple[Tensor, Tensor]:
@@ -419,6 +420,7 @@ def reduce_pairs(
     The row-metadata entries named in ``id_keys`` index the *local* candidates; with ``gather`` they are
     shifted to this rank's slot of the gathered set. Extra candidates carry no column metadata.
     """
+    gather = resolve_gather(gather)
     row_meta = dict(row_meta or {})
     col_meta = dict(col_meta or {})
     if gather:
@@ -458,7 +460,7 @@ def run_contrast(
     row_meta: Mapping[str, Tensor] | None = None,
     col_meta: Mapping[str, Tensor] | None = None,
     tile_size=None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
     extra_candidates: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run the engine: returns (row_stats (B, 5), col_stats (N, k)).
@@ -468,6 +470,7 @@ def run_contrast(
     the (gathered) candidates; they are never positives and carry no label metadata (so they only work
     with index positives).
     """
+    gather = resolve_gather(gather)
     if extra_candidates is not None and spec.positive != "index":
         raise ValueError("extra negatives are only supported with index positives (info_nce)")
     if spec.column_stats and gather:

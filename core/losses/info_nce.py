@@ -35,7 +35,7 @@ from core.losses._checks import (
     reduce,
 )
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
-from core.negatives.distributed import agree_on_input_errors, world_size
+from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
 __all__ = ["info_nce", "InfoNCE", "check_margin"]
 
@@ -63,7 +63,7 @@ def info_nce(
     negatives: Tensor | None = None,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
 ) -> Tensor:
     """InfoNCE of ``query[i]`` against ``key[i]`` (positive) and every other key (+ ``negatives``).
 
@@ -86,6 +86,7 @@ def info_nce(
     Returns:
         The loss (scalar unless ``reduction="none"``).
     """
+    gather = resolve_gather(gather)
     check_pair("query", query, "key", key)
     check_positive("temperature", temperature)
     check_margin(margin, margin_type)
@@ -138,7 +139,7 @@ class InfoNCE(nn.Module):
         similarity: str = "cosine",
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_pair, check_positive, check_reduction, reduce
 from core.losses.nt_xent import nt_xent
-from core.negatives.distributed import agree_on_input_errors
+from core.negatives.distributed import agree_on_input_errors, resolve_gather
 
 __all__ = ["mean_shifted", "MeanShifted"]
 
@@ -57,7 +57,7 @@ def mean_shifted(
     angular_weight: float = 0.0,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
 ) -> Tensor:
     """MSC loss (Reiss & Hoshen 2023) of two views ``z1``, ``z2`` (B, D) around ``center`` (D,): NT-Xent over
     ``theta = normalize(normalize(z) - c)`` plus ``angular_weight * (mean ||phi1 - c||^2 + mean ||phi2 - c||^2)``.
@@ -71,6 +71,7 @@ def mean_shifted(
         reduction: ``"mean"`` over the 2B views, ``"sum"``, or ``"none"`` ((2B,), view-1 anchors first).
         tile_size, gather: execution mode of the NT-Xent part, as in :func:`core.losses.nt_xent`.
     """
+    gather = resolve_gather(gather)
     check_pair("z1", z1, "z2", z2)
     check_positive("temperature", temperature)
     check_reduction(reduction)
@@ -105,7 +106,7 @@ class MeanShifted(nn.Module):
         angular_weight: float = 0.0,
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from core.losses._checks import check_embeddings, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.sup_con import flatten_views, instance_labels
-from core.negatives.distributed import agree_on_input_errors, world_size
+from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
 __all__ = ["multi_view_info_nce", "MultiViewInfoNCE"]
 
@@ -62,7 +62,7 @@ def multi_view_info_nce(
     temperature: float | Tensor,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
 ) -> Tensor:
     """MV-InfoNCE (Koromilas et al. 2025) over the views of every sample:
     ``l_i = -log(sum_l sum_{m != l} e^{s(il, im)} / sum_l sum_{(j,m) != (i,l)} e^{s(il, jm)})``, mean over samples.
@@ -73,6 +73,7 @@ def multi_view_info_nce(
         reduction: ``"mean"`` over the B samples, ``"sum"``, or ``"none"`` ((B,), one term per sample).
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce`.
     """
+    gather = resolve_gather(gather)
     x = _stack_views(views)
     z = flatten_views(x, "views")
     B, V = x.shape[0], x.shape[1]
@@ -102,7 +103,7 @@ class MultiViewInfoNCE(nn.Module):
         temperature: float,
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from core.losses._checks import check_choice, check_pair, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.info_nce import check_margin
-from core.negatives.distributed import agree_on_input_errors, world_size
+from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
 __all__ = ["nt_xent", "NTXent"]
 
@@ -41,7 +41,7 @@ def nt_xent(
     similarity: str = "cosine",
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
 ) -> Tensor:
     """NT-Xent over the 2N views ``cat([z1, z2])``.
 
@@ -51,6 +51,7 @@ def nt_xent(
             :func:`core.losses.info_nce`.
         reduction: ``"mean"`` over the 2N anchors, ``"sum"``, or ``"none"`` ((2N,), view-1 anchors first).
     """
+    gather = resolve_gather(gather)
     check_pair("z1", z1, "z2", z2)
     check_positive("temperature", temperature)
     check_margin(margin, margin_type)
@@ -83,7 +84,7 @@ class NTXent(nn.Module):
         similarity: str = "cosine",
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)

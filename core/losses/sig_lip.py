@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_pair, check_positive, check_reduction, reduce
 from core.losses.engine import prepare, reduce_pairs
-from core.negatives.distributed import agree_on_input_errors, world_size
+from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 from core.negatives.execution import Block
 
 __all__ = ["sig_lip", "SigLIP", "sig_lip_block"]
@@ -74,7 +74,7 @@ def sig_lip(
     logit_bias: float | Tensor,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
 ) -> Tensor:
     """SigLIP loss (Zhai et al. 2023) of ``a[i]`` against every ``b[j]`` (positive iff i == j):
     ``L = -(1/B) sum_i sum_j log sigmoid(z_ij (t a_i . b_j + b))``, ``z_ij = +1`` if i == j else -1.
@@ -89,6 +89,7 @@ def sig_lip(
         gather: ``True`` / ``"ring"``: ``b`` from every rank; each rank returns the mean over its local
             anchors of the sum over all global ``b`` (see :mod:`core.negatives.distributed`).
     """
+    gather = resolve_gather(gather)
     check_pair("a", a, "b", b)
     check_reduction(reduction)
     t = _as_scalar("logit_scale", logit_scale, a)
@@ -122,7 +123,7 @@ class SigLIP(nn.Module):
         learnable: bool = True,
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("logit_scale", logit_scale)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_choice, check_embeddings, check_positive, check_reduction, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
-from core.negatives.distributed import agree_on_input_errors, world_size
+from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
 __all__ = ["sup_con", "SupCon", "flatten_views", "instance_labels"]
 
@@ -45,6 +45,7 @@ def instance_labels(B: int, V: int, gather: bool | str, device: torch.device) ->
     """One class per sample, repeated over the V views; ids are made globally unique under ``gather``
     (rank r numbers its samples from the sum of the lower ranks' batch sizes, so unequal local batches
     work)."""
+    gather = resolve_gather(gather)
     offset = 0
     if gather:
         from core.negatives.distributed import rank_offset
@@ -65,7 +66,7 @@ def sup_con(
     anchor_mask: Tensor | None = None,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
-    gather: bool | str = False,
+    gather: bool | str | None = None,
 ) -> Tensor:
     """SupCon (Khosla et al. 2020) over the ``B x V`` views of ``features``:
     ``l_a = -(tau / tau_b) mean_{p in P(a)} log softmax_{k != a}(z_a . z_k / tau)[p]`` ("out"; "in" takes the
@@ -93,6 +94,7 @@ def sup_con(
         ValueError: bad shapes, non-finite values, ``labels`` of the wrong length, an anchor with no
             positive (a class with one sample and V = 1), or a batch with no negatives (one class).
     """
+    gather = resolve_gather(gather)
     z = flatten_views(features)
     B, V = features.shape[0], features.shape[1]
     check_positive("temperature", temperature)
@@ -156,7 +158,7 @@ class SupCon(nn.Module):
         similarity: str = "cosine",
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)

@@ -51,10 +51,11 @@ the single-process computation.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -64,6 +65,8 @@ from core.negatives.execution import _KINDS, BlockFn, BlockWalk, _init, pair_red
 
 __all__ = [
     "agree_on_input_errors",
+    "default_gather",
+    "resolve_gather",
     "all_gather_no_grad",
     "all_gather_with_grad",
     "gather_candidates",
@@ -84,6 +87,31 @@ def _rank_world(group=None) -> tuple[int, int]:
 def world_size(group=None) -> int:
     """Number of ranks in ``group`` (the default group); 1 without an initialised process group."""
     return _rank_world(group)[1]
+
+
+_DEFAULT_GATHER: contextvars.ContextVar[bool | str] = contextvars.ContextVar("core_default_gather", default=False)
+
+
+@contextlib.contextmanager
+def default_gather(gather: bool | str = True) -> Iterator[None]:
+    """Inside, a loss called with ``gather=None`` (every loss's default) gathers candidates from every rank as
+    ``gather`` says (``True`` or ``"ring"``) whenever a process group of more than one rank exists. The app runner
+    enters it for multi-device runs, so no app code decides it."""
+    if gather not in (False, True, "ring"):
+        raise ValueError(f"gather must be False, True or 'ring', got {gather!r}")
+    token = _DEFAULT_GATHER.set(gather)
+    try:
+        yield
+    finally:
+        _DEFAULT_GATHER.reset(token)
+
+
+def resolve_gather(gather: bool | str | None) -> bool | str:
+    """``gather`` as given, or for ``None`` the default of :func:`default_gather` (``False`` outside it, and
+    always ``False`` without a process group of more than one rank)."""
+    if gather is not None:
+        return gather
+    return _DEFAULT_GATHER.get() if world_size() > 1 else False
 
 
 def _global_rank(group, rank: int) -> int:

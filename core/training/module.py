@@ -210,7 +210,7 @@ class SimCLRModule(ContrastiveModule):
         temperature: float = 0.5,
         learn_temperature: bool = False,
         augment: Callable[[Tensor], Tensor] | None = None,
-        gather: bool | str = False,
+        gather: bool | str | None = None,
         tile_size: int | str | None = None,
         **kwargs: Any,
     ) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +14,38 @@ from lightning.pytorch.callbacks import Callback
 
 from core.training.callbacks import checkpoint_dir, csv_logger, default_callbacks
 from core.training.checkpoint_io import AtomicCheckpointIO
+from core.training.rng import StepSeedCallback, with_epoch_shuffle
 
 __all__ = ["find_resume_checkpoint", "fit_with_resume"]
 
 
-def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
-    """``run_dir/checkpoints/last.ckpt`` if it exists, else ``None``."""
-    last = checkpoint_dir(run_dir) / "last.ckpt"
-    return last if last.is_file() else None
+def _step_of(path: Path) -> tuple[int, float]:
+    m = re.search(r"step=(\d+)", path.name)
+    return (int(m.group(1)) if m else -1, path.stat().st_mtime)
+
+
+def find_resume_checkpoint(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The checkpoint a run resumes from: ``run_dir/checkpoints/last.ckpt`` when it loads, else the newest intact
+    ``*.ckpt`` beside it (by step, then time), with a one-line warning naming the damaged file; ``None`` when the
+    run has no checkpoint."""
+    from core.app.files import CheckpointError, load_torch
+
+    folder = checkpoint_dir(run_dir)
+    last = folder / "last.ckpt"
+    others = sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=_step_of, reverse=True) \
+        if folder.is_dir() else []
+    candidates = ([last] if last.is_file() else []) + others
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    for path in candidates:
+        try:
+            load_torch(path)
+        except CheckpointError as e:
+            warn(f"warning: {e}; trying an older checkpoint")
+            continue
+        if path != last and last.is_file():
+            warn(f"warning: resuming from {path.name} instead of the damaged last.ckpt")
+        return path
+    return None
 
 
 def _fit_data_kwargs(data: Any) -> dict[str, Any]:
@@ -52,6 +79,14 @@ def fit_with_resume(
     ``max_epochs`` count the whole run, not the attempt. Otherwise it starts fresh. A run that already
     reached its target re-loads the checkpoint and returns at once.
 
+    The hardware of the running verb (:func:`core.app.hardware.current`: accelerator, devices, nodes, strategy,
+    precision, ``sync_batchnorm`` when distributed, ``max_time`` from ``--max-minutes``) fills the Trainer arguments
+    that ``trainer_kwargs`` does not set. Every training batch seeds the generators from (seed, step, rank)
+    (:class:`~core.training.rng.StepSeedCallback`) and a shuffling loader's order depends on (seed, epoch) only,
+    so a resumed run continues exactly as the uninterrupted one would; checkpoints load with
+    ``weights_only=True``; a damaged ``last.ckpt`` falls back to the newest intact checkpoint
+    (:func:`find_resume_checkpoint`).
+
     Unless given in ``trainer_kwargs``: ``default_root_dir=run_dir``, ``callbacks=default_callbacks(...)``
     (progress bar and checkpoints in ``run_dir/checkpoints``), ``logger=csv_logger(run_dir)`` and
     ``plugins=[AtomicCheckpointIO()]``. Callbacks you pass replace the defaults, so include a
@@ -70,8 +105,10 @@ def fit_with_resume(
     Returns:
         The fitted trainer (``trainer.global_step``, ``trainer.callback_metrics``, ...).
     """
+    from core.app.hardware import current
+
     run_dir = Path(run_dir)
-    kwargs = dict(trainer_kwargs)
+    kwargs = {**current().trainer_kwargs(), **dict(trainer_kwargs)}
     kwargs.setdefault("default_root_dir", str(run_dir))
     if "callbacks" not in kwargs:
         kwargs["callbacks"] = default_callbacks(
@@ -81,10 +118,16 @@ def fit_with_resume(
             checkpoint=kwargs.get("enable_checkpointing", True) is not False,
         )
     kwargs["callbacks"] = list(kwargs["callbacks"] or []) + list(extra_callbacks)
+    if not any(isinstance(c, StepSeedCallback) for c in kwargs["callbacks"]):
+        kwargs["callbacks"].append(StepSeedCallback())
     if kwargs.get("logger") in (None, True):
         kwargs["logger"] = csv_logger(run_dir)
     if not kwargs.get("plugins"):
         kwargs["plugins"] = [AtomicCheckpointIO()]
     trainer = L.Trainer(**kwargs)
-    trainer.fit(module, ckpt_path=find_resume_checkpoint(run_dir), **_fit_data_kwargs(datamodule_or_loaders))
+    data_kwargs = _fit_data_kwargs(datamodule_or_loaders)
+    if not current().distributed and "train_dataloaders" in data_kwargs:  # DDP: Lightning's sampler, epoch-seeded
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        data_kwargs["train_dataloaders"] = with_epoch_shuffle(data_kwargs["train_dataloaders"], seed)
+    trainer.fit(module, ckpt_path=find_resume_checkpoint(run_dir), weights_only=True, **data_kwargs)
     return trainer
