@@ -113,8 +113,11 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        why = next((ln.strip() for ln in first if "Unsupported global" in ln or "GLOBAL" in ln), "")
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unsupported global" in ln or "GLOBAL" in ln), "")
+        if not why:  # not a reference to code: a damaged file or not a checkpoint at all
+            detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "")
+            raise CheckpointError(f"checkpoint {path} is damaged or not a torch file ({detail})") from None
         raise CheckpointError(f"refused to load {path}: it holds objects other than tensors and plain containers"
                               + (f" ({why})" if why else "") + "; only weights_only checkpoints are loaded") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
