@@ -6,7 +6,7 @@
 #   3. scoring / test evaluation, then everything small is packed into $OUT (or runs/gpu_session).
 # The machine needs the project's Python deps; the RL simulator (mujoco, dm-control, shimmy, gymnasium) and the
 # benchmark peers can travel as wheels in .whl/ and EGL loaders as .deb files in .gl/ (see the device notes).
-# Usage: [PARTS="bench rl rec"] [RL_CONFIG=...] bash tools/gpu_session.sh [TRAIN_MINUTES] [BENCH_SECONDS] [REC_SEEDS]
+# Usage: [PARTS="bench rl rec"] [RL_CONFIG=...] [RL_SEEDS="0 1"] bash tools/gpu_session.sh [TRAIN_MINUTES] [BENCH_SECONDS] [REC_SEEDS]
 #   PARTS picks what runs (one app per lease is the lesson below); RL_CONFIG the online RL config
 #   (apps/rl/configs/online_gpu.yaml = DrQ-v2 protocol, online_gpu_long.yaml = the CPU protocol run longer);
 #   REC_CONFIG the recommendation config (beauty_gpu.yaml = all-position rows, beauty_prefix.yaml = the papers'
@@ -59,7 +59,7 @@ stamp "benchmark done"
 
 # 2. RL and recommendation training, concurrently, each process capped at TRAIN_MIN minutes
 pids=()
-RL_SEEDS=$(sed -n 's/^seeds: *\[\(.*\)\]/\1/p' "$RL_CONFIG" | tr -d ',')
+RL_SEEDS=${RL_SEEDS:-"0 1"}
 has rl && for aux in none taco; do
   for seed in $RL_SEEDS; do
     $PY -m apps.rl fit --config "$RL_CONFIG" --aux $aux --seed $seed --max-minutes "$TRAIN_MIN" \
@@ -69,7 +69,7 @@ has rl && for aux in none taco; do
 done
 has rec && for m in sasrec cl4srec duorec mclrec; do
   for seed in $REC_SEEDS; do
-    $PY -m apps.recommendation fit --config "$REC_CONFIG" --methods $m --seeds $seed --accelerator cuda \
+    $PY -m apps.recommendation fit --config "$REC_CONFIG" --methods $m --seed $seed --accelerator cuda \
       --max-minutes "$TRAIN_MIN" --no-progress > runs/logs/rec_${m}_${seed}.log 2>&1 &
     pids+=($!)
   done
@@ -83,12 +83,13 @@ pack() { tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.ckpt' runs/logs "
 pack  # histories and logs are safe even if the scoring below runs out of time
 
 # 3. scoring and reports (both in parallel; the test ranking runs on the CPU with more threads)
-has rl && timeout 90 $PY -m apps.rl compare --config "$RL_CONFIG" --score-only --no-progress \
+# shellcheck disable=SC2086
+has rl && timeout 90 $PY -m apps.rl sweep --config "$RL_CONFIG" --seeds $RL_SEEDS --score-only --no-progress \
   > runs/logs/rl_compare.log 2>&1 &
 p1=$!
 # shellcheck disable=SC2086
-has rec && timeout 90 $PY -m apps.recommendation evaluate --config "$REC_CONFIG" \
-  --seeds $REC_SEEDS --threads 8 > runs/logs/rec_evaluate.log 2>&1 &
+has rec && (for seed in $REC_SEEDS; do timeout 90 $PY -m apps.recommendation evaluate --config "$REC_CONFIG" \
+  --seed $seed --threads 8; done) > runs/logs/rec_evaluate.log 2>&1 &
 p2=$!
 wait
 stamp "reports done"

@@ -1,4 +1,8 @@
-"""Rebuild ``shared_data/speaker/`` (the speaker app's embedded default) from ``../shared/data/speaker_verification``.
+"""Rebuild ``shared_data/speaker/`` (the speaker app's embedded default) from a ``speaker_verification`` folder.
+
+``--src`` holds ``librispeech_train_clean_100_1utt/`` (the 251 FLAC files of GitHub ``resemble-ai/Resemblyzer``,
+``audio_data/librispeech_train-clean-100/``, with LibriSpeech's ``LICENSE.TXT``) and ``fsdd/`` (``recordings/`` and
+``speakers.csv`` of GitHub ``Jakobovski/free-spoken-digit-dataset``).
 
 What is kept (deterministic, no randomness):
 
@@ -13,7 +17,7 @@ What is kept (deterministic, no randomness):
 
 Usage::
 
-    python tools/speaker_prepare_data.py [--src ../shared/data/speaker_verification] [--out shared_data/speaker]
+    python tools/speaker_prepare_data.py --src SPEAKER_VERIFICATION_DIR [--out shared_data/speaker]
 """
 
 from __future__ import annotations
@@ -25,11 +29,10 @@ from pathlib import Path
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SRC = ROOT.parent / "shared" / "data" / "speaker_verification"
 
 SOURCE_MD = """# Embedded default data of the speaker app
 
-Rebuilt by `python tools/speaker_prepare_data.py` from `../shared/data/speaker_verification/` (whose SOURCE.md
+Rebuilt by `python tools/speaker_prepare_data.py --src DIR` from a `speaker_verification` folder (whose SOURCE.md
 notes are summarised below). Layout: the VoxCeleb-style tree `ROOT/<speaker_id>/<file>`.
 
 ## `librispeech/` -- training (self-supervised) and held-out LibriSpeech speakers
@@ -40,7 +43,7 @@ notes are summarised below). Layout: the VoxCeleb-style tree `ROOT/<speaker_id>/
   Attribution: "LibriSpeech (c) 2014 by Vassil Panayotov".
 - **Modification**: every utterance cropped to {seconds} s starting {offset} s into the file (whole file if
   shorter) and re-encoded as Ogg Vorbis (lossy) at 16 kHz to fit the size budget. The complete FLAC files are
-  in `../shared/data/speaker_verification/librispeech_train_clean_100_1utt/` (full mode).
+  what full mode reads (`python -m apps.speaker prepare`, docs/apps/speaker.md).
 
 ## `fsdd/` -- evaluation (6 speakers never seen in training)
 - **Origin**: Free Spoken Digit Dataset, GitHub `Jakobovski/free-spoken-digit-dataset`, folder `recordings/`
@@ -54,7 +57,7 @@ notes are summarised below). Layout: the VoxCeleb-style tree `ROOT/<speaker_id>/
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", type=Path, default=DEFAULT_SRC, help="the shared speaker_verification folder")
+    ap.add_argument("--src", type=Path, required=True, help="the speaker_verification folder (see above)")
     ap.add_argument("--out", type=Path, default=ROOT / "shared_data" / "speaker", help="output folder")
     ap.add_argument("--seconds", type=float, default=5.0, help="LibriSpeech crop length (s)")
     ap.add_argument("--offset", type=float, default=0.25, help="LibriSpeech crop start (s)")

@@ -31,18 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
+from core.app import InputError
+
 __all__ = [
-    "DataError", "ImageData", "Table", "SHARED", "ALIASES", "resolve_data_path", "load_data",
+    "ImageData", "Table", "SHARED", "ALIASES", "resolve_data_path", "load_data",
     "image_protocol", "table_protocol", "standardize",
 ]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared_data" / "anomaly"
 ALIASES = {"mnist": SHARED / "mnist_test", "adbench": SHARED / "adbench"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-class DataError(ValueError):
-    """Bad input data or an impossible protocol; the CLI prints it and exits non-zero."""
 
 
 @dataclass
@@ -65,13 +63,13 @@ class Table:
 
 
 def resolve_data_path(data: str | Path) -> tuple[str, Path]:
-    """``(dataset name, path)`` of an alias or a path; raises :class:`DataError` if it does not exist."""
+    """``(dataset name, path)`` of an alias or a path; raises :class:`core.app.InputError` if it does not exist."""
     key = str(data)
     if key in ALIASES:
         return key, ALIASES[key]
     path = Path(data)
     if not path.exists():
-        raise DataError(f"data path {path} does not exist (aliases of the embedded data: {sorted(ALIASES)})")
+        raise InputError(f"data path {path} does not exist (aliases of the embedded data: {sorted(ALIASES)})")
     return path.stem if path.is_file() else path.name, path
 
 
@@ -81,32 +79,32 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("X", "y") if k not in f.files]
             if missing:
-                raise DataError(f"{path}: missing array(s) {missing}; expected 'X' and 'y' (found {f.files})")
+                raise InputError(f"{path}: missing array(s) {missing}; expected 'X' and 'y' (found {f.files})")
             x, y = f["X"], f["y"]
-    except DataError:
+    except InputError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from e
+        raise InputError(f"{path}: not a readable .npz file ({e})") from e
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{path}: y must have shape ({len(x)},), got {y.shape}")
+        raise InputError(f"{path}: y must have shape ({len(x)},), got {y.shape}")
     if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number):
-        raise DataError(f"{path}: X and y must be numeric, got {x.dtype} and {y.dtype}")
+        raise InputError(f"{path}: X and y must be numeric, got {x.dtype} and {y.dtype}")
     if not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
-        raise DataError(f"{path}: X has NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
+        raise InputError(f"{path}: X has NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
     if not np.isfinite(y).all():
-        raise DataError(f"{path}: y has NaN or infinite values (first at row {int(np.argmax(~np.isfinite(y)))})")
+        raise InputError(f"{path}: y has NaN or infinite values (first at row {int(np.argmax(~np.isfinite(y)))})")
     if len(x) == 0:
-        raise DataError(f"{path}: empty (0 rows)")
+        raise InputError(f"{path}: empty (0 rows)")
     return x, y
 
 
 def _int_labels(path: Path, y: np.ndarray) -> np.ndarray:
     frac = np.mod(y, 1) != 0
     if frac.any():
-        raise DataError(f"{path}: labels y must be integers (row {int(np.argmax(frac))} is {y[frac][0]})")
+        raise InputError(f"{path}: labels y must be integers (row {int(np.argmax(frac))} is {y[frac][0]})")
     return y.astype(np.int64)
 
 
@@ -116,14 +114,14 @@ def _read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read IDX file ({e})") from e
+        raise InputError(f"{path}: cannot read IDX file ({e})") from e
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+        raise InputError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DataError(f"{path}: header says {dims} but holds {data.size} bytes")
+        raise InputError(f"{path}: header says {dims} but holds {data.size} bytes")
     return data.reshape(dims)
 
 
@@ -131,11 +129,11 @@ def _load_idx_dir(path: Path) -> ImageData:
     imgs = sorted(p for p in path.iterdir() if "images-idx3-ubyte" in p.name)
     labs = sorted(p for p in path.iterdir() if "labels-idx1-ubyte" in p.name)
     if len(imgs) != 1 or len(labs) != 1:
-        raise DataError(f"{path}: expected one *images-idx3-ubyte and one *labels-idx1-ubyte file, "
+        raise InputError(f"{path}: expected one *images-idx3-ubyte and one *labels-idx1-ubyte file, "
                         f"found {[p.name for p in imgs + labs]}")
     x, y = _read_idx(imgs[0]), _read_idx(labs[0])
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-        raise DataError(f"{path}: images {x.shape} and labels {y.shape} do not match")
+        raise InputError(f"{path}: images {x.shape} and labels {y.shape} do not match")
     return _make_images(path.name, x, y.astype(np.int64), None)
 
 
@@ -146,7 +144,7 @@ def _load_class_folders(path: Path, subdirs: list[Path]) -> ImageData:
     for ci, d in enumerate(subdirs):
         files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise DataError(f"{d}: class folder holds no image files ({sorted(IMAGE_SUFFIXES)})")
+            raise InputError(f"{d}: class folder holds no image files ({sorted(IMAGE_SUFFIXES)})")
         classes.append(d.name)
         for f in files:
             try:
@@ -159,7 +157,7 @@ def _load_class_folders(path: Path, subdirs: list[Path]) -> ImageData:
                         im = im.resize(size, Image.BILINEAR)
                     xs.append(np.asarray(im))
             except (UnidentifiedImageError, OSError) as e:
-                raise DataError(f"{f}: not a readable image ({e})") from e
+                raise InputError(f"{f}: not a readable image ({e})") from e
             ys.append(ci)
     return _make_images(path.name, np.stack(xs), np.array(ys, dtype=np.int64), classes)
 
@@ -174,21 +172,21 @@ def _make_images(name: str, x: np.ndarray, y: np.ndarray, classes: list[str] | N
         classes = [str(v) for v in values]
         y = np.searchsorted(np.array(values), y)
     if len(classes) < 2:
-        raise DataError(f"{name}: the one-class protocol needs at least 2 classes, found {len(classes)}")
+        raise InputError(f"{name}: the one-class protocol needs at least 2 classes, found {len(classes)}")
     return ImageData(name, np.ascontiguousarray(x), y.astype(np.int64), classes)
 
 
 def _table_from_npz(path: Path) -> Table:
     x, y = _read_npz(path)
     if x.ndim != 2:
-        raise DataError(f"{path}: a table needs X of shape (N, D), got {x.shape}")
+        raise InputError(f"{path}: a table needs X of shape (N, D), got {x.shape}")
     y = _int_labels(path, y)
     bad = ~np.isin(y, (0, 1))
     if bad.any():
-        raise DataError(f"{path}: table labels must be 0 (normal) or 1 (anomaly); row {int(np.argmax(bad))} "
+        raise InputError(f"{path}: table labels must be 0 (normal) or 1 (anomaly); row {int(np.argmax(bad))} "
                         f"is {y[bad][0]}")
     if not (y == 0).any() or not (y == 1).any():
-        raise DataError(f"{path}: needs both normal (0) and anomalous (1) rows, got {np.bincount(y, minlength=2)}")
+        raise InputError(f"{path}: needs both normal (0) and anomalous (1) rows, got {np.bincount(y, minlength=2)}")
     return Table(path.stem, x.astype(np.float32), y)
 
 
@@ -197,16 +195,16 @@ def load_data(data: str | Path) -> ImageData | list[Table]:
     name, path = resolve_data_path(data)
     if path.is_file():
         if path.suffix != ".npz":
-            raise DataError(f"{path}: unsupported file type; expected an .npz with X and y, or a folder")
+            raise InputError(f"{path}: unsupported file type; expected an .npz with X and y, or a folder")
         x, y = _read_npz(path)
         if x.ndim == 2:
             return [_table_from_npz(path)]
         if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3, 4)):
-            raise DataError(f"{path}: X must be (N, D) for a table or (N, H, W[, C]) for images, got {x.shape}")
+            raise InputError(f"{path}: X must be (N, D) for a table or (N, H, W[, C]) for images, got {x.shape}")
         return _make_images(name, x, _int_labels(path, y), None)
     entries = sorted(path.iterdir())
     if not entries:
-        raise DataError(f"data folder {path} is empty")
+        raise InputError(f"data folder {path} is empty")
     if any("images-idx3-ubyte" in p.name for p in entries):
         return _load_idx_dir(path)
     npz = [p for p in entries if p.suffix == ".npz"]
@@ -216,14 +214,14 @@ def load_data(data: str | Path) -> ImageData | list[Table]:
     subdirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
     if subdirs:
         return _load_class_folders(path, subdirs)
-    raise DataError(f"{path}: no data found; expected MNIST IDX files, .npz tables or one sub-folder per class")
+    raise InputError(f"{path}: no data found; expected MNIST IDX files, .npz tables or one sub-folder per class")
 
 
 # ------------------------------------------------------------------------------------------- protocol
 def _check_fraction(name: str, v: float, allow_zero: bool = False) -> None:
     lo_ok = v >= 0 if allow_zero else v > 0
     if not (lo_ok and v < 1):
-        raise DataError(f"{name} must be in {'[0, 1)' if allow_zero else '(0, 1)'}, got {v}")
+        raise InputError(f"{name} must be in {'[0, 1)' if allow_zero else '(0, 1)'}, got {v}")
 
 
 def image_protocol(
@@ -240,7 +238,7 @@ def image_protocol(
     idx = np.arange(len(y))
     if max_images is not None:
         if max_images < 2 * int(y.max() + 1):
-            raise DataError(f"max_images={max_images} is too small for {int(y.max() + 1)} classes")
+            raise InputError(f"max_images={max_images} is too small for {int(y.max() + 1)} classes")
         keep = min(1.0, max_images / len(y))
         idx = np.concatenate([rng.permutation(idx[y == c])[: max(2, int(round(keep * (y == c).sum())))]
                               for c in np.unique(y)])
@@ -254,7 +252,7 @@ def image_protocol(
     for c, members in evals.items():
         n_train = int(round(train_fraction * len(members)))
         if n_train < 2 or len(members) - n_train < 1:
-            raise DataError(f"class {c}: {len(members)} evaluation images cannot be split into >= 2 train and "
+            raise InputError(f"class {c}: {len(members)} evaluation images cannot be split into >= 2 train and "
                             f">= 1 test image with train_fraction={train_fraction}")
         others = np.concatenate([m for o, m in evals.items() if o != c])
         test = np.concatenate([members[n_train:], others])
@@ -270,7 +268,7 @@ def table_protocol(y: np.ndarray, train_fraction: float, seed: int) -> tuple[np.
     normal = rng.permutation(np.flatnonzero(y == 0))
     n_train = int(round(train_fraction * len(normal)))
     if n_train < 2 or n_train == len(normal):
-        raise DataError(f"{len(normal)} normal rows cannot be split with train_fraction={train_fraction}")
+        raise InputError(f"{len(normal)} normal rows cannot be split with train_fraction={train_fraction}")
     return np.sort(normal[:n_train]), np.sort(np.concatenate([normal[n_train:], np.flatnonzero(y == 1)]))
 
 

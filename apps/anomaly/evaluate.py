@@ -14,27 +14,31 @@ Every method scores the task's test split; higher = more anomalous:
 * ``isolation_forest`` -- scikit-learn's Isolation Forest (200 trees) fitted on the raw normal training inputs;
 * ``pyod_ecod`` -- PyOD's ECOD on the raw inputs, only when PyOD is installed.
 
-Metrics per task: ROC-AUC (``roc_auc``) and average precision with anomalies as positives
-(``average_precision``); the report's headline values are their means over tasks.
+Metrics per task: ROC-AUC (``roc_auc``, the headline) and average precision with anomalies as positives
+(``average_precision``). ``report.json`` (the schema of every app) has one row per method and task (``dataset``:
+``class <c>`` or the table's name) and, with several tasks, one per method with their ``mean``.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import math
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from apps.anomaly.config import AnomalyConfig
+from apps.anomaly.config import AnomalySettings
 from apps.anomaly.model import bn_adapted, embed
-from apps.anomaly.train import Experiment, Task, iter_fit, load_fitted
+from apps.anomaly.train import Experiment, Task, load_fitted
+from core.app import Run
+from core.app.files import atomic_write
 from core.metrics.knn import knn_scores
 
-__all__ = ["task_scores", "summarize", "evaluate", "write_report", "METHOD_NAMES", "SHORT_NAMES"]
+__all__ = ["task_scores", "summarize", "evaluate", "METHOD_NAMES", "SHORT_NAMES", "MEAN"]
+
+#: the ``dataset`` of the rows that average the tasks
+MEAN = "mean"
 
 METHOD_NAMES = {
     "msc": "MSC (mean-shifted contrastive) + kNN",
@@ -63,26 +67,26 @@ def _pyod_ecod() -> Any:
     return ECOD
 
 
-def task_scores(cfg: AnomalyConfig, task: Task, encoders: dict) -> dict[str, np.ndarray]:
+def task_scores(s: AnomalySettings, task: Task, encoders: dict) -> dict[str, np.ndarray]:
     """Test-split scores of every method for one task."""
     scores: dict[str, np.ndarray] = {}
-    norm = cfg.knn_normalize(task.kind)
+    norm = s.knn_normalize(task.kind)
     for key, name in (("msc", "msc"), ("pretrained", "knn_pretrained"), ("compact", "compactness")):
         if key in encoders:
             enc = encoders[key]
-            scores[name] = knn_scores(embed(enc, task.x_test, norm), embed(enc, task.x_train, norm), k=cfg.k,
+            scores[name] = knn_scores(embed(enc, task.x_test, norm), embed(enc, task.x_train, norm), k=s.k,
                                       normalize=norm)
     if task.kind == "image" and "pretrained" in encoders:
         enc = bn_adapted(encoders["pretrained"], task.x_train)
-        scores["knn_bn_adapted"] = knn_scores(embed(enc, task.x_test, norm), embed(enc, task.x_train, norm), k=cfg.k,
+        scores["knn_bn_adapted"] = knn_scores(embed(enc, task.x_test, norm), embed(enc, task.x_train, norm), k=s.k,
                                               normalize=norm)
     scores["knn_raw"] = knn_scores(task.raw_test if task.kind == "image" else task.x_test,
                                    task.raw_train if task.kind == "image" else task.x_train,
-                                   k=cfg.k, normalize=False)
-    if cfg.isolation_forest:
+                                   k=s.k, normalize=False)
+    if s.isolation_forest:
         from sklearn.ensemble import IsolationForest
 
-        forest = IsolationForest(n_estimators=200, random_state=cfg.seed, n_jobs=1).fit(task.raw_train)
+        forest = IsolationForest(n_estimators=200, random_state=s.seed, n_jobs=1).fit(task.raw_train)
         scores["isolation_forest"] = -forest.score_samples(task.raw_test)
     ecod = _pyod_ecod()
     if ecod is not None:
@@ -106,6 +110,12 @@ def summarize(per_task: dict[str, dict[str, dict[str, float]]]) -> dict[str, dic
                   "average_precision": float(np.mean([r["average_precision"] for r in rows.values()])),
                   "per_class": rows}
     return out
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def _plots(out: Path, summary: dict, scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray],
@@ -133,7 +143,7 @@ def _plots(out: Path, summary: dict, scores: dict[str, dict[str, np.ndarray]], l
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     p = out / "per_class_roc_auc.png"
-    fig.savefig(p, dpi=110)
+    _save_figure(fig, p)
     plt.close(fig)
     paths.append(p)
 
@@ -154,81 +164,49 @@ def _plots(out: Path, summary: dict, scores: dict[str, dict[str, np.ndarray]], l
     fig.suptitle("MSC kNN scores, test split (higher = more anomalous)", fontsize=9)
     fig.tight_layout()
     p = out / "msc_score_histograms.png"
-    fig.savefig(p, dpi=110)
+    _save_figure(fig, p)
     plt.close(fig)
     paths.append(p)
     return paths
 
 
-def _markdown(report: dict, plots: list[Path], sanity: dict[str, float]) -> str:
-    methods = ["msc", *report["baselines"]]
-    allm = {"msc": report["metrics"], **report["baselines"]}
-    tasks = list(report["metrics"]["per_class"])
-    lines = [f"# Anomaly detection: {report['dataset']}", "",
-             f"One-class protocol. {report['protocol']}. Scores: kNN (k = {report['config']['k']}) squared L2 "
-             "distance to the normal training features.", "",
-             f"Wall time: {report['seconds']:.0f} s.", ""]
-    for metric, title in (("roc_auc", "ROC-AUC"), ("average_precision", "Average precision (anomaly = positive)")):
-        lines += [f"## {title}", "", "| normal | " + " | ".join(methods) + " |",
-                  "|---|" + "---|" * len(methods)]
-        for t in tasks:
-            vals = [allm[m]["per_class"][t][metric] for m in methods]
-            best = max(vals)
-            lines.append(f"| {t} | " + " | ".join(f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in vals) + " |")
-        means = [allm[m][metric] for m in methods]
-        lines.append("| **mean** | " + " | ".join(f"**{v:.4f}**" if v == max(means) else f"{v:.4f}" for v in means)
-                     + " |")
-        lines.append("")
-    lines += ["Methods: " + "; ".join(f"`{m}` = {METHOD_NAMES.get(m, m)}" for m in methods) + ".", "",
-              "Epoch-0 sanity ROC-AUC (kNN on pre-trained features, printed before fine-tuning): "
-              + ", ".join(f"{t}: {v:.3f}" for t, v in sanity.items()) + ".", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(out: Path, report: dict, markdown: str) -> None:
-    """Write ``report.json`` and ``report.md`` atomically (no partial report if anything failed before)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("report.json", json.dumps(report, indent=2)), ("report.md", markdown)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-
-
-def evaluate(cfg: AnomalyConfig, exp: Experiment, *, train: bool = False, log=print,
-             started: float | None = None) -> dict:
-    """Score every task with MSC and the baselines and write the report into ``exp.root``.
-
-    With ``train=True`` the missing stages are fitted first (fit + evaluate in one go); otherwise the
-    encoders saved by ``fit`` are loaded. Returns the report dict.
-    """
-    t0 = started if started is not None else time.perf_counter()
-    if train:
-        pairs = iter_fit(cfg, exp, log)
-    else:
-        pairs = ((task, load_fitted(cfg, exp, task)) for task in exp.tasks)
+def evaluate(run: Run, exp: Experiment) -> dict:
+    """Score every task with MSC and the baselines (the encoders ``fit`` saved) and write ``report.json`` /
+    ``report.md`` and the plots to the run's report folder (main process). Returns the report object."""
+    s: AnomalySettings = run.settings  # type: ignore[assignment]
     per_task, scores, labels, sanity = {}, {}, {}, {}
-    for task, encoders in pairs:
-        s = task_scores(cfg, task, encoders)
-        scores[task.name], labels[task.name] = s, task.y_test
-        per_task[task.name] = {m: _metrics(task.y_test, v) for m, v in s.items()}
-        sanity[task.name] = per_task[task.name]["knn_pretrained"]["roc_auc"]
-        log(f"[anomaly] {task.name}: " + ", ".join(f"{m} {r['roc_auc']:.4f}" for m, r in per_task[task.name].items()))
+    for task in exp.tasks:
+        encoders = load_fitted(s, exp, task)
+        sc = task_scores(s, task, encoders)
+        scores[task.label], labels[task.label] = sc, task.y_test
+        per_task[task.label] = {m: _metrics(task.y_test, v) for m, v in sc.items()}
+        sanity[task.label] = per_task[task.label]["knn_pretrained"]["roc_auc"]
+        run.log(f"{task.name}: " + ", ".join(f"{m} {r['roc_auc']:.4f}" for m, r in per_task[task.label].items()))
     summary = summarize(per_task)
-    report = {
-        "app": "anomaly",
-        "dataset": exp.dataset,
-        "method": "msc",
-        "metrics": summary["msc"],
-        "baselines": {m: v for m, v in summary.items() if m != "msc"},
-        "seconds": time.perf_counter() - t0,
-        "config": {**cfg.to_dict(), "finetune_lr": cfg.finetune_lr(exp.kind)},
-        "protocol": exp.protocol,
-        "epoch0_sanity_roc_auc": sanity,
-    }
-    plots = _plots(exp.root, summary, scores, labels, exp.kind)
-    write_report(exp.root, report, _markdown(report, plots, sanity))
-    report["plots"] = [str(p) for p in plots]
-    log("[anomaly] mean ROC-AUC: " + ", ".join(f"{m} {v['roc_auc']:.4f}" for m, v in summary.items()))
-    log(f"[anomaly] report: {exp.root / 'report.json'}, {exp.root / 'report.md'}")
-    return report
+    report = run.report("roc_auc", higher_is_better=True, title=f"Anomaly detection (MSC): {exp.dataset}")
+    for t in per_task:
+        for m, metrics in per_task[t].items():
+            report.add(m, metrics, seed=s.seed, dataset=t, baseline=m != "msc")
+    if len(per_task) > 1:
+        for m, v in summary.items():
+            report.add(m, {"roc_auc": v["roc_auc"], "average_precision": v["average_precision"]}, seed=s.seed,
+                       dataset=MEAN, baseline=m != "msc")
+    report.notes += [
+        f"one-class protocol on {exp.dataset}: {exp.protocol}",
+        f"scores: kNN (k = {s.k}) squared L2 distance to the normal training features "
+        f"({'L2-normalised' if s.knn_normalize(exp.kind) else 'unnormalised'}); fine-tuning lr "
+        f"{s.finetune_lr(exp.kind):g}",
+        "methods: " + "; ".join(f"`{m}` = {METHOD_NAMES.get(m, m)}" for m in summary),
+        "epoch-0 sanity ROC-AUC (kNN on pre-trained features, printed before fine-tuning): "
+        + ", ".join(f"{t}: {v:.3f}" for t, v in sanity.items()),
+    ]
+    report.extra = {"dataset": exp.dataset, "kind": exp.kind, "protocol": exp.protocol,
+                    "tasks": [t.name for t in exp.tasks], "finetune_lr": s.finetune_lr(exp.kind),
+                    "epoch0_sanity_roc_auc": sanity}
+    folder = run.report_dir or run.run_dir.path
+    if run.is_main:
+        report.plots = [p.name for p in _plots(folder, summary, scores, labels, exp.kind)]
+    out = run.write_report(report, folder)
+    run.log("mean ROC-AUC: " + ", ".join(f"{m} {v['roc_auc']:.4f}" for m, v in summary.items()))
+    run.log(f"report: {folder / 'report.json'}, {folder / 'report.md'}")
+    return out

@@ -19,6 +19,7 @@ r"""Encoders, views and the two fine-tuning objectives of the anomaly app.
 from __future__ import annotations
 
 import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.app import InputError, load_torch
 from core.demo import DigitsAugment
 from core.encoders import MLPEncoder, SmallCNN
 from core.losses import mean_shifted
@@ -90,32 +92,31 @@ def build_encoder(kind: str, in_shape: tuple[int, ...], width: int, feature_dim:
 def load_encoder_checkpoint(encoder: nn.Module, path: str | Path) -> nn.Module:
     """Load weights into ``encoder`` from a state dict (``.pt``) or a Lightning checkpoint (``.ckpt``).
 
-    Keys may be bare or prefixed ``encoder.`` (as in this project's Lightning modules); a mismatch names the
-    file and the first offending keys.
+    The file is read with ``weights_only=True`` (:func:`core.app.load_torch`: tensors and plain containers only).
+    Keys may be bare or prefixed ``encoder.`` (as in this project's Lightning modules). A missing, damaged or
+    mismatching file raises :class:`core.app.InputError` naming the file (and the first offending keys).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from e
+        obj = load_torch(path)
+    except struct.error as e:  # a file that is neither a zip nor a legacy torch pickle (not caught by load_torch)
+        raise InputError(f"checkpoint {path} is damaged or not a torch file ({e})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict or a Lightning checkpoint")
+        raise InputError(f"{path}: expected a state dict or a Lightning checkpoint")
     if any(k.startswith("encoder.") for k in state):
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     try:
         result = encoder.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"{path}: does not fit the encoder ({str(e).splitlines()[1].strip()}); check --width / "
-                         f"--feature-dim / --hidden-dims") from e
+        raise InputError(f"{path}: does not fit the encoder ({str(e).splitlines()[1].strip()}); check --width / "
+                         f"--feature-dim / --hidden-dims") from None
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path}: does not fit the encoder (missing {result.missing_keys[:3]}, unexpected "
+        raise InputError(f"{path}: does not fit the encoder (missing {result.missing_keys[:3]}, unexpected "
                          f"{result.unexpected_keys[:3]}); check --width / --feature-dim / --hidden-dims")
     for k, v in state.items():
         if torch.is_floating_point(v) and not bool(torch.isfinite(v).all()):
-            raise ValueError(f"{path}: parameter {k} has NaN or infinite values")
+            raise InputError(f"{path}: parameter {k} has NaN or infinite values")
     return encoder
 
 

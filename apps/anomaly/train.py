@@ -1,13 +1,14 @@
 """The training stages: tasks from the protocol, NT-Xent pre-training, MSC and compactness fine-tuning.
 
-Run-directory layout (``RUN_DIR/<dataset>/``)::
+Run-directory layout (one data set per run directory; ``<S>`` is ``--seed``)::
 
-    config.json                     settings the artefacts were made with (a re-run with others is refused)
-    pretrain/encoder.pt             the pre-trained encoder (images: one for all classes)
-    <table>/pretrain/encoder.pt     (tables: one per table)
-    <task>/msc/encoder.pt           MSC fine-tuned encoder of a normal class / table
-    <task>/compact/encoder.pt       compactness fine-tuned encoder (baseline)
-    */checkpoints/last.ckpt         Lightning checkpoints: an interrupted stage resumes from here
+    settings.json                         the settings that change the models (a re-run with others is refused)
+    pretrain/seed<S>/encoder.pt           the pre-trained encoder (images: one for every normal class)
+    pretrain/seed<S>/<table>/encoder.pt   (tables: one per table)
+    msc/seed<S>/<task>/encoder.pt         MSC fine-tuned encoder of a normal class (``class_<c>``) or a table
+    compact/seed<S>/<task>/encoder.pt     compactness fine-tuned encoder (baseline)
+    */checkpoints/last.ckpt               Lightning checkpoints: an interrupted stage resumes from here
+    report.json, report.md, *.png         written by ``evaluate`` / ``run`` (``sweep``: seed<S>/report.* too)
 
 A stage whose ``encoder.pt`` exists is skipped, so re-running ``fit`` after an interruption continues where
 it stopped (mid-stage from ``last.ckpt``, through :func:`core.training.fit_with_resume`).
@@ -15,11 +16,10 @@ it stopped (mid-stage from ``last.ckpt``, through :func:`core.training.fit_with_
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from apps.anomaly.config import AnomalyConfig
+from apps.anomaly.config import AnomalySettings
 from apps.anomaly.data import (
-    DataError,
     ImageData,
     Table,
     image_protocol,
@@ -48,14 +47,30 @@ from apps.anomaly.model import (
     load_encoder_checkpoint,
     normal_center,
 )
+from core.app import InputError, RunDir, current, save_torch
+from core.app.hardware import barrier
 from core.encoders import ProjectionHead
 from core.metrics.knn import knn_scores
 from core.training import SimCLRModule, default_callbacks, fit_with_resume, seed_everything
 
-__all__ = ["Task", "Experiment", "prepare", "pretrain", "finetune", "fit", "roc_auc"]
+__all__ = ["Task", "Experiment", "TimeCapReached", "prepare", "pretrain", "finetune", "fit", "iter_fit",
+           "pretrain_only", "load_fitted", "knn_auroc", "roc_auc", "METHODS", "CAPPED"]
 
-# settings that do not change the trained artefacts (may differ between fit and evaluate)
-_NON_ARTEFACT = ("run_dir", "normal", "k", "normalize_scores", "isolation_forest", "threads", "progress")
+#: the trained stages, each in ``<run-dir>/<stage>/seed<S>/``
+METHODS = ("pretrain", "msc", "compact")
+
+#: exit status of a verb that ``--max-minutes`` stopped before its training was done (a re-run resumes)
+CAPPED = 3
+
+Log = Callable[[str], None]
+
+
+class TimeCapReached(Exception):
+    """``--max-minutes`` stopped a training stage before its last step; its ``last.ckpt`` resumes it."""
+
+
+def _print(msg: str) -> None:
+    print(f"[anomaly] {msg}", flush=True)
 
 
 @dataclass
@@ -71,16 +86,25 @@ class Task:
     raw_test: np.ndarray
     pretrain_dir: Path
     x_pool: np.ndarray  # the pre-training pool of this task's encoder
-    dir: Path
+    folder: str  # the task's sub-folder of every fine-tuning stage: class_<c> or the table's name
+
+    @property
+    def label(self) -> str:
+        """The task's name in reports: ``class <c>`` or the table's name."""
+        return f"class {self.name}" if self.kind == "image" else self.name
 
 
 @dataclass
 class Experiment:
     dataset: str
     kind: str
-    root: Path
+    run_dir: RunDir
     tasks: list[Task]
     protocol: str
+
+    def stage_dir(self, method: str, task: Task) -> Path:
+        """``<run-dir>/<method>/seed<S>/<task>``: where a fine-tuning stage of ``task`` lives."""
+        return self.run_dir.method_dir(method) / task.folder
 
 
 def _select(names: list[str], wanted: list[str] | None, what: str, quick: bool) -> list[str]:
@@ -89,135 +113,134 @@ def _select(names: list[str], wanted: list[str] | None, what: str, quick: bool) 
     wanted = [str(w) for w in wanted]
     unknown = [w for w in wanted if w not in names]
     if unknown:
-        raise DataError(f"unknown {what} {unknown}; available: {names}")
+        raise InputError(f"unknown {what} {unknown}; available: {names}")
     return wanted
 
 
-def prepare(cfg: AnomalyConfig, quick: bool = False) -> Experiment:
-    """Load the data, apply the one-class protocol and lay out the run directory."""
-    cfg.validate()
-    name, _ = resolve_data_path(cfg.data)
-    data = load_data(cfg.data)
-    root = Path(cfg.run_dir) / name
+def prepare(s: AnomalySettings, run_dir: RunDir, quick: bool = False) -> Experiment:
+    """Load the data and apply the one-class protocol (reads only; raises :class:`InputError` for bad data or a
+    missing ``--encoder-checkpoint``)."""
+    if s.encoder_checkpoint is not None and not Path(s.encoder_checkpoint).is_file():
+        raise InputError(f"encoder checkpoint {s.encoder_checkpoint} does not exist")
+    name, _ = resolve_data_path(s.data)
+    data = load_data(s.data)
+    pretrain_root = run_dir.method_dir("pretrain")
     if isinstance(data, ImageData):
-        pool_idx, split = image_protocol(data.y, cfg.pretrain_fraction, cfg.train_fraction, cfg.seed,
-                                         cfg.max_images)
-        classes = _select(data.classes, cfg.normal, "normal class", quick)
+        pool_idx, split = image_protocol(data.y, s.pretrain_fraction, s.train_fraction, s.seed, s.max_images)
+        classes = _select(data.classes, s.normal, "normal class", quick)
         flat = data.x.reshape(len(data.x), -1)
         x_pool = data.x[pool_idx]
         tasks = []
         for cname in classes:
             tr, te, lab = split[data.classes.index(cname)]
-            tasks.append(Task(cname, "image", data.x[tr], data.x[te], lab, flat[tr], flat[te],
-                              root / "pretrain", x_pool, root / f"class_{cname}"))
-        subset = "" if cfg.max_images is None else f" of a stratified {cfg.max_images}-image subset"
+            tasks.append(Task(cname, "image", data.x[tr], data.x[te], lab, flat[tr], flat[te], pretrain_root, x_pool,
+                              f"class_{cname}"))
+        subset = "" if s.max_images is None else f" of a stratified {s.max_images}-image subset"
         protocol = (f"pre-training pool: {len(pool_idx)} unlabelled images (stratified "
-                    f"{cfg.pretrain_fraction:.0%}{subset}); per normal class: {cfg.train_fraction:.0%} of its other "
+                    f"{s.pretrain_fraction:.0%}{subset}); per normal class: {s.train_fraction:.0%} of its other "
                     f"images to train, the rest plus every other class's non-pool images to test")
-        _check_k(cfg, tasks)
-        return Experiment(name, "image", root, tasks, protocol)
+        _check_k(s, tasks)
+        return Experiment(name, "image", run_dir, tasks, protocol)
     tables = {t.name: t for t in data}
-    chosen = _select(list(tables), cfg.normal, "table", quick)
+    chosen = _select(list(tables), s.normal, "table", quick)
     tasks = []
     for tname in chosen:
         t: Table = tables[tname]
-        tr, te = table_protocol(t.y, cfg.train_fraction, cfg.seed)
+        tr, te = table_protocol(t.y, s.train_fraction, s.seed)
         x_tr, x_te = standardize(t.x[tr], t.x[te])
-        tasks.append(Task(tname, "table", x_tr, x_te, t.y[te], t.x[tr], t.x[te], root / tname / "pretrain",
-                          x_tr, root / tname))
-    _check_k(cfg, tasks)
-    protocol = (f"per table: {cfg.train_fraction:.0%} of the normal rows to train (and to pre-train on), the "
+        tasks.append(Task(tname, "table", x_tr, x_te, t.y[te], t.x[tr], t.x[te], pretrain_root / tname, x_tr, tname))
+    _check_k(s, tasks)
+    protocol = (f"per table: {s.train_fraction:.0%} of the normal rows to train (and to pre-train on), the "
                 f"rest plus all anomalies to test; features z-scored with training statistics")
-    return Experiment(name, "table", root, tasks, protocol)
+    return Experiment(name, "table", run_dir, tasks, protocol)
 
 
-def _check_k(cfg: AnomalyConfig, tasks: list[Task]) -> None:
+def _check_k(s: AnomalySettings, tasks: list[Task]) -> None:
     for t in tasks:
-        if len(t.x_train) < max(cfg.k, 2):
-            raise DataError(f"{t.name}: {len(t.x_train)} normal training samples, fewer than k={cfg.k} (or 2)")
+        if len(t.x_train) < max(s.k, 2):
+            raise InputError(f"{t.name}: {len(t.x_train)} normal training samples, fewer than k={s.k} (or 2)")
 
 
-def check_run_dir(cfg: AnomalyConfig, exp: Experiment, write: bool) -> None:
-    """Refuse to mix artefacts of different settings in one run directory."""
-    want = {k: v for k, v in cfg.to_dict().items() if k not in _NON_ARTEFACT}
-    path = exp.root / "config.json"
-    if path.is_file():
-        have = json.loads(path.read_text())
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        if diff:
-            raise DataError(f"{exp.root} holds a run made with other settings ({', '.join(diff)}); "
-                            f"pass another --run-dir or delete it")
-    elif write:
-        exp.root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(want, indent=2))
-
-
-def _trainer_kwargs(cfg: AnomalyConfig, run_dir: Path, epochs: int) -> dict:
-    return dict(max_epochs=epochs, accelerator="cpu", devices=1, log_every_n_steps=1,
-                enable_model_summary=False, enable_progress_bar=cfg.progress,
-                callbacks=default_callbacks(run_dir, save_top_k=1, progress_bar=cfg.progress))
+def _trainer_kwargs(s: AnomalySettings, run_dir: Path, epochs: int) -> dict:
+    """Lightning Trainer arguments of one stage; the hardware (accelerator, devices, strategy, precision, time cap)
+    comes from the runner through :func:`core.training.fit_with_resume`."""
+    return dict(max_epochs=epochs, log_every_n_steps=1, enable_model_summary=False, enable_progress_bar=s.progress,
+                callbacks=default_callbacks(run_dir, save_top_k=1, progress_bar=s.progress))
 
 
 def _loader(x: np.ndarray, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
-    bs = min(batch_size, len(x))
+    """Shuffled batches of ``x``. ``batch_size`` is per device (Lightning's convention): each of ``W`` processes
+    takes batches of its ``1/W`` share of the data (Lightning's distributed sampler), and the losses gather the
+    negatives of every process, so one step sees ``W x batch_size`` samples."""
+    local = -(-len(x) // current().world_size)
+    bs = min(batch_size, local)
     return torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.as_tensor(x)), batch_size=bs, shuffle=True,
-        drop_last=len(x) > bs, generator=torch.Generator().manual_seed(seed))
+        drop_last=local > bs, generator=torch.Generator().manual_seed(seed))
 
 
-def _fit(cfg: AnomalyConfig, module: nn.Module, x: np.ndarray, batch_size: int, run_dir: Path, epochs: int) -> None:
+def _fit(s: AnomalySettings, module: nn.Module, x: np.ndarray, batch_size: int, run_dir: Path, epochs: int,
+         what: str) -> None:
+    """Fit (resuming from ``run_dir``); raises :class:`TimeCapReached` when ``--max-minutes`` stopped it first."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" banners per stage
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*_pytree.*")
-        fit_with_resume(_trainer_kwargs(cfg, run_dir, epochs), module, _loader(x, batch_size, cfg.seed), run_dir)
+        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        trainer = fit_with_resume(_trainer_kwargs(s, run_dir, epochs), module, _loader(x, batch_size, s.seed),
+                                  run_dir)
+    # Lightning counts an epoch cut short by its timer as done, so a cut in the last epoch shows only in the steps
+    # (and only while the deadline has passed: a resumed run does not redo the rest of a cut epoch)
+    remaining = current().remaining_seconds()
+    if trainer.current_epoch < epochs or (remaining is not None and remaining <= 0
+                                          and trainer.global_step < trainer.estimated_stepping_batches):
+        raise TimeCapReached(f"{what}: stopped by --max-minutes after {trainer.global_step} of "
+                             f"{int(trainer.estimated_stepping_batches)} steps; re-run the command (with a larger "
+                             f"--max-minutes) to resume from {run_dir / 'checkpoints' / 'last.ckpt'}")
 
 
-def _new_encoder(cfg: AnomalyConfig, task: Task) -> nn.Module:
-    return build_encoder(task.kind, task.x_train.shape[1:], cfg.width, cfg.feature_dim, tuple(cfg.hidden_dims))
+def _new_encoder(s: AnomalySettings, task: Task) -> nn.Module:
+    return build_encoder(task.kind, task.x_train.shape[1:], s.width, s.feature_dim, tuple(s.hidden_dims))
 
 
-def _views(cfg: AnomalyConfig, task: Task, pool: np.ndarray, strength: str = "strong") -> nn.Module:
+def _views(s: AnomalySettings, task: Task, pool: np.ndarray, strength: str = "strong") -> nn.Module:
     if task.kind == "image":
         return image_augment(task.x_train.shape[-2], strength)
-    return TabularCorruption(torch.as_tensor(pool), cfg.corruption_rate, cfg.corruption_mode)
+    return TabularCorruption(torch.as_tensor(pool), s.corruption_rate, s.corruption_mode)
 
 
 def _save(encoder: nn.Module, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(encoder.state_dict(), tmp)
-    tmp.replace(path)
+    """Write the encoder's weights atomically (main process), then wait for every process: a later stage or a
+    re-run on any rank sees the file."""
+    save_torch(path, encoder.state_dict())
+    barrier()
 
 
-def _load(cfg: AnomalyConfig, task: Task, path: Path) -> nn.Module:
-    try:
-        return load_encoder_checkpoint(_new_encoder(cfg, task), path)
-    except (FileNotFoundError, ValueError) as e:
-        raise DataError(str(e)) from e
+def _load(s: AnomalySettings, task: Task, path: Path) -> nn.Module:
+    return load_encoder_checkpoint(_new_encoder(s, task), path)
 
 
-def pretrain(cfg: AnomalyConfig, task: Task, log=print) -> nn.Module:
-    """The task's pre-trained encoder: ``--encoder`` if given, else NT-Xent on its pool (cached on disk)."""
-    if cfg.encoder is not None:
-        return _load(cfg, task, Path(cfg.encoder))
+def pretrain(s: AnomalySettings, task: Task, log: Log = _print) -> nn.Module:
+    """The task's pre-trained encoder: ``--encoder-checkpoint`` if given, else NT-Xent on its pool (cached)."""
+    if s.encoder_checkpoint is not None:
+        return _load(s, task, Path(s.encoder_checkpoint))
     out = task.pretrain_dir / "encoder.pt"
     if out.is_file():
-        return _load(cfg, task, out)
-    task.pretrain_dir.mkdir(parents=True, exist_ok=True)
-    log(f"[anomaly] pre-training ({cfg.pretrain_epochs} epochs of NT-Xent) on {len(task.x_pool)} "
-        f"unlabelled samples -> {out}")
-    seed_everything(cfg.seed)
-    encoder = _new_encoder(cfg, task)
-    head = ProjectionHead(cfg.feature_dim, hidden_dim=cfg.feature_dim, out_dim=cfg.projection_dim)
-    steps = max(1, len(task.x_pool) // min(cfg.pretrain_batch_size, len(task.x_pool)))
-    module = SimCLRModule(encoder, head, temperature=cfg.pretrain_temperature, augment=_views(cfg, task, task.x_pool),
-                          lr=cfg.pretrain_lr, weight_decay=1e-4, scheduler="cosine",
-                          warmup_steps=min(50, steps * cfg.pretrain_epochs // 10))
+        return _load(s, task, out)
+    log(f"pre-training ({s.pretrain_epochs} epochs of NT-Xent) on {len(task.x_pool)} unlabelled samples -> {out}")
+    seed_everything(s.seed)
+    encoder = _new_encoder(s, task)
+    head = ProjectionHead(s.feature_dim, hidden_dim=s.feature_dim, out_dim=s.projection_dim)
+    steps = max(1, len(task.x_pool) // min(s.pretrain_batch_size, len(task.x_pool)))
+    module = SimCLRModule(encoder, head, temperature=s.pretrain_temperature, augment=_views(s, task, task.x_pool),
+                          lr=s.pretrain_lr, weight_decay=1e-4, scheduler="cosine",
+                          warmup_steps=min(50, steps * s.pretrain_epochs // 10))
     t0 = time.perf_counter()
-    _fit(cfg, module, task.x_pool, cfg.pretrain_batch_size, task.pretrain_dir, cfg.pretrain_epochs)
+    _fit(s, module, task.x_pool, s.pretrain_batch_size, task.pretrain_dir, s.pretrain_epochs, "pre-training")
     _save(encoder, out)
-    log(f"[anomaly] pre-training done in {time.perf_counter() - t0:.0f} s")
+    log(f"pre-training done in {time.perf_counter() - t0:.0f} s")
     return encoder
 
 
@@ -227,86 +250,81 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score))
 
 
-def knn_auroc(cfg: AnomalyConfig, encoder: nn.Module, task: Task) -> float:
+def knn_auroc(s: AnomalySettings, encoder: nn.Module, task: Task) -> float:
     """ROC-AUC of kNN scores of ``encoder``'s features on the task's test split."""
-    norm = cfg.knn_normalize(task.kind)
+    norm = s.knn_normalize(task.kind)
     return roc_auc(task.y_test, knn_scores(embed(encoder, task.x_test, norm), embed(encoder, task.x_train, norm),
-                                           k=cfg.k, normalize=norm))
+                                           k=s.k, normalize=norm))
 
 
-def finetune(cfg: AnomalyConfig, task: Task, pretrained: nn.Module, method: str, log=print) -> nn.Module:
+def finetune(s: AnomalySettings, exp: Experiment, task: Task, pretrained: nn.Module, method: str,
+             log: Log = _print) -> nn.Module:
     """MSC (``method="msc"``) or compactness (``"compact"``) fine-tuning of a copy of ``pretrained``."""
-    out_dir = task.dir / method
+    if method not in ("msc", "compact"):
+        raise ValueError(f"unknown method {method!r}")
+    out_dir = exp.stage_dir(method, task)
     out = out_dir / "encoder.pt"
     if out.is_file():
-        return _load(cfg, task, out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    encoder = _new_encoder(cfg, task)
+        return _load(s, task, out)
+    seed_everything(s.seed)
+    encoder = _new_encoder(s, task)
     encoder.load_state_dict(pretrained.state_dict())
-    center = normal_center(encoder, task.x_train, normalize_center=cfg.angular_weight > 0 or method == "compact")
-    optim = dict(optimizer="adam", lr=cfg.finetune_lr(task.kind), weight_decay=cfg.weight_decay, scheduler="constant")
+    center = normal_center(encoder, task.x_train, normalize_center=s.angular_weight > 0 or method == "compact")
+    optim = dict(optimizer="adam", lr=s.finetune_lr(task.kind), weight_decay=s.weight_decay, scheduler="constant")
     if method == "msc":
-        module: nn.Module = MeanShiftedModule(encoder, center, _views(cfg, task, task.x_train, "mild"),
-                                              temperature=cfg.temperature, angular_weight=cfg.angular_weight,
-                                              **optim)
-        epochs = cfg.epochs
-    elif method == "compact":
-        module, epochs = CompactnessModule(encoder, center, **optim), cfg.compact_epochs
+        module: nn.Module = MeanShiftedModule(encoder, center, _views(s, task, task.x_train, "mild"),
+                                              temperature=s.temperature, angular_weight=s.angular_weight, **optim)
+        epochs = s.epochs
     else:
-        raise ValueError(f"unknown method {method!r}")
+        module, epochs = CompactnessModule(encoder, center, **optim), s.compact_epochs
     t0 = time.perf_counter()
-    _fit(cfg, module, task.x_train, cfg.batch_size, out_dir, epochs)
+    _fit(s, module, task.x_train, s.batch_size, out_dir, epochs, f"{task.name}: {method} fine-tuning")
     _save(encoder, out)
-    log(f"[anomaly] {task.name}: {method} fine-tuning ({epochs} epochs, {len(task.x_train)} normal samples) "
+    log(f"{task.name}: {method} fine-tuning ({epochs} epochs, {len(task.x_train)} normal samples) "
         f"done in {time.perf_counter() - t0:.0f} s")
     return encoder
 
 
-def iter_fit(cfg: AnomalyConfig, exp: Experiment, log=print) -> Iterator[tuple[Task, dict[str, nn.Module]]]:
+def iter_fit(s: AnomalySettings, exp: Experiment, log: Log = _print) -> Iterator[tuple[Task, dict[str, nn.Module]]]:
     """Pre-train (if needed), print the epoch-0 sanity AUROC, fine-tune; yields each task's encoders."""
-    check_run_dir(cfg, exp, write=True)
     for task in exp.tasks:
-        pretrained = pretrain(cfg, task, log)
-        sanity = knn_auroc(cfg, pretrained, task)
-        log(f"[anomaly] {task.name}: epoch-0 sanity ROC-AUC of kNN on pre-trained features = {sanity:.4f}"
+        pretrained = pretrain(s, task, log)
+        sanity = knn_auroc(s, pretrained, task)
+        log(f"{task.name}: epoch-0 sanity ROC-AUC of kNN on pre-trained features = {sanity:.4f}"
             + ("  (WARNING: near 0.5, the set-up looks broken)" if sanity < 0.6 else ""))
-        encoders = {"pretrained": pretrained, "msc": finetune(cfg, task, pretrained, "msc", log)}
-        if cfg.compact_epochs > 0:
-            encoders["compact"] = finetune(cfg, task, pretrained, "compact", log)
-        log(f"[anomaly] {task.name}: MSC ROC-AUC = {knn_auroc(cfg, encoders['msc'], task):.4f}")
+        encoders = {"pretrained": pretrained, "msc": finetune(s, exp, task, pretrained, "msc", log)}
+        if s.compact_epochs > 0:
+            encoders["compact"] = finetune(s, exp, task, pretrained, "compact", log)
+        log(f"{task.name}: MSC ROC-AUC = {knn_auroc(s, encoders['msc'], task):.4f}")
         yield task, encoders
 
 
-def fit(cfg: AnomalyConfig, exp: Experiment, log=print) -> None:
+def fit(s: AnomalySettings, exp: Experiment, log: Log = _print) -> None:
     """Run every stage of every task (see :func:`iter_fit`)."""
-    for _ in iter_fit(cfg, exp, log):
+    for _ in iter_fit(s, exp, log):
         pass
 
 
-def pretrain_only(cfg: AnomalyConfig, exp: Experiment, log=print) -> list[Path]:
+def pretrain_only(s: AnomalySettings, exp: Experiment, log: Log = _print) -> list[Path]:
     """The ``pretrain`` verb: pre-train each distinct encoder of the experiment; returns their paths."""
-    if cfg.encoder is not None:
-        raise DataError("pretrain with --encoder makes no sense: the checkpoint replaces pre-training")
-    check_run_dir(cfg, exp, write=True)
+    if s.encoder_checkpoint is not None:
+        raise InputError("pretrain with --encoder-checkpoint makes no sense: the checkpoint replaces pre-training")
     done: list[Path] = []
     for task in exp.tasks:
         if task.pretrain_dir / "encoder.pt" not in done:
-            pretrain(cfg, task, log)
+            pretrain(s, task, log)
             done.append(task.pretrain_dir / "encoder.pt")
     return done
 
 
-def load_fitted(cfg: AnomalyConfig, exp: Experiment, task: Task) -> dict[str, nn.Module]:
-    """The encoders ``fit`` saved for ``task`` (raises :class:`DataError` naming what is missing)."""
-    check_run_dir(cfg, exp, write=False)
-    paths = {"pretrained": Path(cfg.encoder) if cfg.encoder else task.pretrain_dir / "encoder.pt",
-             "msc": task.dir / "msc" / "encoder.pt"}
-    if cfg.compact_epochs > 0:
-        paths["compact"] = task.dir / "compact" / "encoder.pt"
+def load_fitted(s: AnomalySettings, exp: Experiment, task: Task) -> dict[str, nn.Module]:
+    """The encoders ``fit`` saved for ``task`` (raises :class:`InputError` naming what is missing)."""
+    paths = {"pretrained": Path(s.encoder_checkpoint) if s.encoder_checkpoint else task.pretrain_dir / "encoder.pt",
+             "msc": exp.stage_dir("msc", task) / "encoder.pt"}
+    if s.compact_epochs > 0:
+        paths["compact"] = exp.stage_dir("compact", task) / "encoder.pt"
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise DataError(f"nothing fitted for {task.name!r} in {exp.root} (missing {missing}); run `fit` first "
-                        f"with the same --data / --run-dir / settings")
-    return {k: _load(cfg, task, p) for k, p in paths.items()}
-
+        raise InputError(f"nothing fitted for {task.name!r} in {exp.run_dir.path} (missing {missing}); run `fit` "
+                         f"first with the same --data / --run-dir / --seed / settings")
+    return {k: _load(s, task, p) for k, p in paths.items()}

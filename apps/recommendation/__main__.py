@@ -1,98 +1,131 @@
-"""Command line of the recommendation app (a small argparse front: MCLRec's three-step update is a custom loop).
+"""Command line of the recommendation app (on the core app runner, :mod:`core.app`).
 
-    python -m apps.recommendation fit       [--data PATH] [--quick] ...  # train every method (resumable)
-    python -m apps.recommendation evaluate  [--data PATH] [--quick] ...  # full-ranking test, report.json/.md, plots
-    python -m apps.recommendation run       [--data PATH] [--quick] ...  # fit, then evaluate
-    python -m apps.recommendation recommend --items 12 7 33 [--k 10] ... # top-k items for a history (or --user U)
+    python -m apps.recommendation fit       [--data PATH] [--quick] [--seed S] ...  # train every method (resumable)
+    python -m apps.recommendation evaluate  [--data PATH] [--quick] [--seed S] ...  # full-ranking test, report, plots
+    python -m apps.recommendation run       [--data PATH] [--quick] [--seed S] ...  # fit, then evaluate
+    python -m apps.recommendation sweep     --seeds 0 1 2 [--quick] ...              # run per seed; mean ± std report
+    python -m apps.recommendation recommend --items 12 7 33 [--k 10] [--method M]    # top-k items for a history
 
-Settings are layered: defaults (or the ``--quick`` preset), then ``--config FILE.yaml``, then flags.
-Re-running an interrupted command resumes from the run directory's checkpoints.
+Settings are layered: defaults (or the ``--quick`` preset), then ``--config FILE.yaml``, then flags. Each method x
+seed lives in ``<run-dir>/<method>/seed<S>/``; re-running an interrupted command resumes from its checkpoints.
+``recommend`` answers with the fitted method of the best validation NDCG@10 unless ``--method`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Sequence
+from pathlib import Path
 
-from apps.recommendation.config import HELP, RecConfig, load_yaml
-from apps.recommendation.data import DataError
-from core.training.options import add_dataclass_options, options_from_args, run_command
+from apps.recommendation.config import RecConfig
+from apps.recommendation.model import METHODS
+from core.app import App, Run, Verb
 
-VERBS = {
-    "fit": "train SASRec / CL4SRec / DuoRec / MCLRec (each method and seed; early stopping on validation NDCG@10)",
-    "evaluate": "full-ranking test of every fitted method and the popularity baseline; write report.json, report.md "
-                "and plots",
-    "run": "fit, then evaluate",
-    "recommend": "top-k items for a history of item ids (--items) or a user of the data (--user), excluding the "
-                 "items already seen",
-}
+EXAMPLES = """examples:
+  python -m apps.recommendation run --quick --threads 1
+  python -m apps.recommendation sweep --quick --seeds 0 1 --threads 1
+  python -m apps.recommendation fit --config apps/recommendation/configs/beauty_prefix.yaml --methods sasrec
+  python -m apps.recommendation recommend --quick --items 84 85 87 --k 10
+"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m apps.recommendation",
-        description="Sequential recommendation with contrastive learning: SASRec, CL4SRec, DuoRec and MCLRec "
-                    "(Qin et al., SIGIR 2023) with one full-softmax loss and one full-ranking evaluation.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="{" + ",".join(VERBS) + "}")
-    defaults, quick = RecConfig(), RecConfig.quick()
-    for verb, text in VERBS.items():
-        p = sub.add_parser(verb, help=text, description=text, argument_default=None)
-        p.add_argument("--config", help="YAML file of options (keys as below, with underscores)")
-        p.add_argument("--quick", action="store_true", default=False,
-                       help="quick preset (2,000 Beauty users, few epochs; < 2 min on 2 CPU cores)")
-        if verb == "recommend":
-            p.add_argument("--items", nargs="+", default=None, metavar="ITEM",
-                           help="the history, oldest first, as item ids of the data file")
-            p.add_argument("--user", default=None,
-                           help="a user id of the data file (its whole sequence is the history)")
-            p.add_argument("--k", type=int, default=10, help="how many items to return (default: 10)")
-            p.add_argument("--method", default=None,
-                           help="which fitted model answers (default: the last of --methods)")
-        add_dataclass_options(p, RecConfig, HELP, defaults, quick)
-    return parser
+def _folders(run: Run, methods: list[str] | None = None) -> dict[str, Path]:
+    """method -> ``<run-dir>/<method>/seed<S>`` for the run's seed."""
+    return {m: run.run_dir.method_dir(m) for m in (methods or run.settings.methods)}
 
 
-def config_from_args(args: argparse.Namespace) -> RecConfig:
-    cfg = RecConfig.quick() if args.quick else RecConfig()
-    cfg = options_from_args(args, cfg, load_yaml(args.config) if args.config else None)
-    return cfg.validate()
+def _prepare(run: Run):
+    from apps.recommendation.train import prepare
+
+    exp = prepare(run.settings)
+    run.log(f"{run.verb} on {exp.data.name} ({len(exp.data.sequences):,} users, {exp.data.n_items:,} items, "
+            f"seed {run.settings.seed}); run dir {run.run_dir.path}")
+    return exp
 
 
-def _run(args: argparse.Namespace, t0: float) -> int | None:
-    import torch
+def _fit(run: Run, exp) -> None:
+    from apps.recommendation.train import fit_method
+    from core.app.hardware import barrier
 
-    from apps.recommendation.evaluate import evaluate, recommend
-    from apps.recommendation.train import fit, prepare
+    run.claim()
+    for method, folder in _folders(run).items():
+        fit_method(run.settings, exp, method, folder, log=run.log)
+        barrier()  # DDP: model.pt (written by rank 0) exists for every rank before it moves on
 
-    cfg = config_from_args(args)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    exp = prepare(cfg)
-    if args.verb == "recommend":
-        method = args.method or cfg.methods[-1]
-        if method not in cfg.methods:
-            raise DataError(f"--method {method!r} is not one of --methods {cfg.methods}")
-        recs = recommend(cfg, exp, method=method, seed=cfg.seeds[0], history=args.items, user=args.user, k=args.k)
-        print(f"[recommendation] top-{args.k} of {method} (seed {cfg.seeds[0]}) on {exp.data.name}:")
-        for rank, (item, score) in enumerate(recs, 1):
-            print(f"{rank:3d}  item {item}  score {score:.4f}")
-        return 0
-    print(f"[recommendation] {args.verb} on {exp.data.name} ({len(exp.data.sequences)} users, "
-          f"{exp.data.n_items} items); run dir {exp.root}")
-    if args.verb == "fit":
-        fit(cfg, exp)
-        print("[recommendation] fitted; next: python -m apps.recommendation evaluate with the same options")
+
+def _evaluate(run: Run, exp) -> None:
+    from apps.recommendation.evaluate import HEADLINE, check_fitted, evaluate_methods
+
+    folders = _folders(run)
+    check_fitted(run.settings, folders)
+    if not run.is_main:  # DDP: rank 0 tests and writes; the others wait at the runner's barrier
+        return
+    out = run.report_dir or run.run_dir.path
+    report = run.report(HEADLINE, title=f"Sequential recommendation: {exp.data.name}")
+    evaluate_methods(run.settings, exp, folders, report, out, log=run.log)
+    run.write_report(report)
+    run.log(f"report: {out / 'report.md'}")
+
+
+def fit(run: Run) -> None:
+    _fit(run, _prepare(run))
+    run.log("fitted; next: python -m apps.recommendation evaluate with the same options")
+
+
+def evaluate(run: Run) -> None:
+    _evaluate(run, _prepare(run))
+
+
+def run_(run: Run) -> None:
+    exp = _prepare(run)
+    _fit(run.child("fit"), exp)
+    _evaluate(run.child("evaluate"), exp)
+
+
+def recommend(run: Run) -> None:
+    from apps.recommendation.evaluate import NAMES, best_fitted_method
+    from apps.recommendation.evaluate import recommend as top_k
+    from apps.recommendation.train import prepare
+
+    s, a = run.settings, run.args
+    exp = prepare(s)
+    if a.method:
+        method, why = a.method, "--method"
     else:
-        evaluate(cfg, exp, train=args.verb == "run", started=t0)
+        method, scores = best_fitted_method(s, _folders(run))
+        shown = ", ".join(f"{NAMES[m]} {'-' if v is None else f'{v:.4f}'}" for m, v in scores.items())
+        why = f"best validation NDCG@10 of the fitted methods: {shown}"
+    recs = top_k(s, exp, run.run_dir.method_dir(method), method, history=a.items, user=a.user, k=a.k)
+    print(f"[recommendation] top-{a.k} of {method} (seed {s.seed}; {why}) on {exp.data.name}:")
+    for rank, (item, score) in enumerate(recs, 1):
+        print(f"{rank:3d}  item {item}  score {score:.4f}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
-    return run_command("recommendation", lambda: _run(args, t0), started=t0)
+def _recommend_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--items", nargs="+", default=None, metavar="ITEM",
+                   help="the history, oldest first, as item ids of the data file")
+    p.add_argument("--user", default=None, help="a user id of the data file (its whole sequence is the history)")
+    p.add_argument("--k", type=int, default=10, help="how many items to return (default: 10)")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="which fitted model answers (default: the fitted method with the best validation NDCG@10)")
+
+
+APP = App("recommendation", "Sequential recommendation with contrastive learning: SASRec, CL4SRec, DuoRec and MCLRec "
+                            "(Qin et al., SIGIR 2023) with one full-softmax loss and one full-ranking evaluation.",
+          RecConfig, {
+              "fit": Verb(fit, "train SASRec / CL4SRec / DuoRec / MCLRec (each method; early stopping on validation "
+                               "NDCG@10; resumable)"),
+              "evaluate": Verb(evaluate, "full-ranking test of every fitted method and the popularity baseline; write "
+                                         "report.json, report.md and plots"),
+              "run": Verb(run_, "fit, then evaluate"),
+              "recommend": Verb(recommend, "top-k items for a history of item ids (--items) or a user of the data "
+                                           "(--user), excluding the items already seen", arguments=_recommend_arguments,
+                                trains=False),
+          }, sweep=True, epilog=EXAMPLES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return APP.main(argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Standard formats read by :func:`load_sequences`:
 
 * **S3-Rec text** (``.txt``; the format of the S3-Rec / CL4SRec / DuoRec / MCLRec data): one line per user,
   ``user_id item_1 item_2 ... item_n`` separated by spaces, items in chronological order;
+* **SASRec text** (``.txt``; the format of the SASRec data release): one interaction per line, ``user_id item``,
+  each user's lines in chronological order. Recognised when users repeat and every line has exactly two columns;
+  each user's items are then grouped in file order;
 * **CSV** (``.csv``): one interaction per row with the columns ``user,item,timestamp`` (a header row naming
   them is required, other columns are ignored); each user's items are ordered by timestamp (ties keep the
   file order).
@@ -27,16 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataError", "SequenceData", "load_sequences", "resolve_data_path", "EMBEDDED", "DATA_DIR",
+from core.app import InputError
+
+__all__ = ["SequenceData", "load_sequences", "resolve_data_path", "EMBEDDED", "DATA_DIR",
            "leave_one_out"]
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared_data" / "recommendation"
 #: embedded default data sets: name -> file
 EMBEDDED = {"beauty": "Beauty.txt", "toys": "Toys_and_Games.txt"}
-
-
-class DataError(ValueError):
-    """Bad input data or settings; the message names the file (and line) or the option."""
 
 
 @dataclass
@@ -60,14 +61,14 @@ class SequenceData:
         return int(sum(len(s) for s in self.sequences))
 
     def item_id(self, label: str) -> int:
-        """Internal id of an original item label (raises :class:`DataError` for an unknown label)."""
+        """Internal id of an original item label (raises :class:`InputError` for an unknown label)."""
         if not self._label_to_id:
             self._label_to_id = {lab: i + 1 for i, lab in enumerate(self.item_labels)}
         try:
             return self._label_to_id[str(label)]
         except KeyError:
-            raise DataError(f"unknown item {label!r}: not among the {self.n_items} items of data set {self.name!r} "
-                            f"({self.source})") from None
+            raise InputError(f"unknown item {label!r}: not among the {self.n_items} items of data set {self.name!r} "
+                             f"({self.source})") from None
 
     def split_checksum(self) -> str:
         """sha256 (first 16 hex digits) of the leave-one-out split: train sequences, validation and test items."""
@@ -81,7 +82,7 @@ class SequenceData:
 def leave_one_out(seq: np.ndarray) -> tuple[np.ndarray, int, int]:
     """``(train, valid_item, test_item)`` of one chronological sequence of length >= 3."""
     if len(seq) < 3:
-        raise DataError(f"leave-one-out needs >= 3 interactions, got {len(seq)}")
+        raise InputError(f"leave-one-out needs >= 3 interactions, got {len(seq)}")
     return seq[:-2], int(seq[-2]), int(seq[-1])
 
 
@@ -92,12 +93,12 @@ def resolve_data_path(data: str | None) -> tuple[str, Path]:
         return name, DATA_DIR / EMBEDDED[name]
     path = Path(data)
     if not path.exists():
-        raise DataError(f"data path {path} does not exist (embedded defaults: {', '.join(EMBEDDED)})")
+        raise InputError(f"data path {path} does not exist (embedded defaults: {', '.join(EMBEDDED)})")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".csv"))
         if len(files) != 1:
-            raise DataError(f"data folder {path} must hold exactly one .txt (S3-Rec) or .csv file, found "
-                            f"{[p.name for p in files]}")
+            raise InputError(f"data folder {path} must hold exactly one .txt (S3-Rec) or .csv file, found "
+                             f"{[p.name for p in files]}")
         path = files[0]
     return path.stem, path
 
@@ -110,25 +111,45 @@ def _order_labels(labels: set[str]) -> list[str]:
 
 
 def _read_txt(path: Path) -> tuple[list[str], list[list[str]]]:
-    users, seqs = [], []
+    """Users and their item sequences of an S3-Rec file (one line per user) or a SASRec file (one ``user item``
+    pair per line, chronological per user: users repeat and every line has exactly two columns; grouped in file
+    order). Any other file in which a user repeats is refused, naming the user and both lines."""
+    users, seqs, linenos = [], [], []
     with path.open() as f:
         for lineno, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
             if len(parts) < 2:
-                raise DataError(f"{path} line {lineno}: expected 'user item1 item2 ...', got {line.strip()!r}")
+                raise InputError(f"{path} line {lineno}: expected 'user item1 item2 ...', got {line.strip()!r}")
             for tok in parts[1:]:
                 try:
                     v = float(tok)
                 except ValueError:
-                    raise DataError(f"{path} line {lineno}: item {tok!r} is not a number (S3-Rec format: "
-                                    "space-separated integer ids)") from None
+                    raise InputError(f"{path} line {lineno}: item {tok!r} is not a number (S3-Rec format: "
+                                     "space-separated integer ids)") from None
                 if not math.isfinite(v) or v != int(v) or v < 0:
-                    raise DataError(f"{path} line {lineno}: item {tok!r} is not a non-negative integer id")
+                    raise InputError(f"{path} line {lineno}: item {tok!r} is not a non-negative integer id")
             users.append(parts[0])
             seqs.append([str(int(float(t))) for t in parts[1:]])
-    return users, seqs
+            linenos.append(lineno)
+    first: dict[str, int] = {}
+    repeated = None
+    for i, u in enumerate(users):
+        if u in first:
+            repeated = (u, linenos[first[u]], linenos[i])
+            break
+        first[u] = i
+    if repeated is None:
+        return users, seqs
+    if all(len(s) == 1 for s in seqs):  # SASRec format: one interaction per line
+        grouped: dict[str, list[str]] = {}
+        for u, s in zip(users, seqs):
+            grouped.setdefault(u, []).extend(s)
+        return list(grouped), list(grouped.values())
+    u, a, b = repeated
+    raise InputError(f"{path}: user {u!r} appears on more than one line (lines {a} and {b}); use one line per user "
+                     "('user item1 item2 ...') or one 'user item' pair on every line (SASRec format)")
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -137,27 +158,27 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         try:
             header = [h.strip().lower() for h in next(reader)]
         except StopIteration:
-            raise DataError(f"{path} is empty") from None
+            raise InputError(f"{path} is empty") from None
         missing = [c for c in ("user", "item", "timestamp") if c not in header]
         if missing:
-            raise DataError(f"{path} line 1: header must name the columns user,item,timestamp; missing {missing} "
-                            f"(got {header})")
+            raise InputError(f"{path} line 1: header must name the columns user,item,timestamp; missing {missing} "
+                             f"(got {header})")
         iu, ii, it = header.index("user"), header.index("item"), header.index("timestamp")
         rows: dict[str, list[tuple[float, int, str]]] = {}
         for lineno, row in enumerate(reader, 2):
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) <= max(iu, ii, it):
-                raise DataError(f"{path} line {lineno}: expected {len(header)} columns, got {len(row)}")
+                raise InputError(f"{path} line {lineno}: expected {len(header)} columns, got {len(row)}")
             user, item, ts = row[iu].strip(), row[ii].strip(), row[it].strip()
             if not user or not item:
-                raise DataError(f"{path} line {lineno}: empty user or item")
+                raise InputError(f"{path} line {lineno}: empty user or item")
             try:
                 t = float(ts)
             except ValueError:
-                raise DataError(f"{path} line {lineno}: timestamp {ts!r} is not a number") from None
+                raise InputError(f"{path} line {lineno}: timestamp {ts!r} is not a number") from None
             if not math.isfinite(t):
-                raise DataError(f"{path} line {lineno}: timestamp {ts!r} is not finite")
+                raise InputError(f"{path} line {lineno}: timestamp {ts!r} is not finite")
             rows.setdefault(user, []).append((t, lineno, item))
     users = list(rows)
     seqs = [[item for _, _, item in sorted(rows[u])] for u in users]
@@ -168,27 +189,24 @@ def load_sequences(data: str | None = None, min_length: int = 3) -> SequenceData
     """Read ``--data`` (embedded name, S3-Rec ``.txt`` or ``.csv``) into chronological id sequences.
 
     Raises:
-        DataError: missing or empty file, unknown extension, a malformed line (named), no usable user.
+        InputError: missing or empty file, unknown extension, a malformed line (named), no usable user.
     """
     name, path = resolve_data_path(data)
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+        raise InputError(f"data file {path} does not exist")
     if path.stat().st_size == 0:
-        raise DataError(f"data file {path} is empty")
+        raise InputError(f"data file {path} is empty")
     if path.suffix == ".txt":
         users, seqs = _read_txt(path)
     elif path.suffix == ".csv":
         users, seqs = _read_csv(path)
     else:
-        raise DataError(f"{path}: unknown format {path.suffix!r}; use an S3-Rec .txt (user item1 item2 ...) or a "
-                        ".csv with columns user,item,timestamp")
-    if len(set(users)) != len(users):
-        dup = next(u for u in users if users.count(u) > 1)
-        raise DataError(f"{path}: user {dup!r} appears on more than one line")
+        raise InputError(f"{path}: unknown format {path.suffix!r}; use an S3-Rec .txt (user item1 item2 ...) or a "
+                         ".csv with columns user,item,timestamp")
     keep = [i for i, s in enumerate(seqs) if len(s) >= min_length]
     if not keep:
-        raise DataError(f"{path}: no user has >= {min_length} interactions (leave-one-out needs a training item, "
-                        "a validation item and a test item)")
+        raise InputError(f"{path}: no user has >= {min_length} interactions (leave-one-out needs a training item, "
+                         "a validation item and a test item)")
     labels = _order_labels({it for i in keep for it in seqs[i]})
     to_id = {lab: k + 1 for k, lab in enumerate(labels)}
     sequences = [np.array([to_id[it] for it in seqs[i]], dtype=np.int64) for i in keep]

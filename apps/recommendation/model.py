@@ -443,7 +443,8 @@ class SeqRecModule(ContrastiveModule):
         ranks = torch.cat(self._val)
         self._val = []
         for name, v in ranking_metrics(ranks, self.ks).items():
-            self.log(f"val/{name}", v, prog_bar=name == "ndcg@10")
+            # every rank validates on every user (the identical value; sync_dist keeps Lightning's DDP check quiet)
+            self.log(f"val/{name}", v, prog_bar=name == "ndcg@10", sync_dist=True)
 
 
 def target_ranks(scores: Tensor, target: Tensor) -> Tensor:

@@ -1,16 +1,20 @@
 """Training data, loaders and the ``fit`` stage (one model per method and seed, early stopping on validation
 NDCG@10, resumable).
 
-Run-directory layout (``RUN_DIR/<dataset>/``)::
+Run-directory layout (``RUN_DIR``, one setting per folder: the runner's ``settings.json`` refuses others)::
 
-    config.json                        settings the models were trained with (a re-run with others is refused)
-    seed<S>/<method>/model.pt          weights of the best validation NDCG@10 (written when the run ends)
-    seed<S>/<method>/fit.json          epochs run, best epoch, wall time, validation history
-    seed<S>/<method>/history.jsonl     one line per epoch (train seconds, validation metrics when evaluated)
-    seed<S>/<method>/checkpoints/      last.ckpt (resume point) + the latest epoch; best/ holds the best one
+    <method>/seed<S>/model.pt          weights of the best validation NDCG@10 (written when the run ends)
+    <method>/seed<S>/fit.json          epochs run, best epoch, wall time, validation history
+    <method>/seed<S>/history.jsonl     one line per epoch (train seconds, validation metrics when evaluated)
+    <method>/seed<S>/checkpoints/      last.ckpt (resume point) + the latest epoch; best/ holds the best one
 
 A method whose ``model.pt`` exists is skipped, so re-running ``fit`` after an interruption continues where it
-stopped (mid-run from ``last.ckpt`` through :func:`core.training.fit_with_resume`).
+stopped (mid-run from ``last.ckpt`` through :func:`core.training.fit_with_resume`); a method stopped by the
+``--max-minutes`` cap is continued from its last checkpoint when ``fit`` runs again.
+
+With ``--devices N`` (DDP) every rank trains on its share of the length-bucketed batches
+(:class:`LengthBucketSampler` shards them by rank: Lightning cannot put its distributed sampler into a custom
+batch sampler) and validates on every user (the ranks then agree on early stopping and the best model).
 """
 
 from __future__ import annotations
@@ -20,30 +24,27 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from apps.recommendation.config import RecConfig
-from apps.recommendation.data import DataError, SequenceData, load_sequences
+from apps.recommendation.data import SequenceData, load_sequences
 from apps.recommendation.model import SeqRecModule
+from core.app import InputError, current, is_main_process, load_torch, read_json, save_torch, write_json
 from core.training import default_callbacks, fit_with_resume, seed_everything
+from core.training.resume import stopped_by_deadline
 
-__all__ = ["Experiment", "prepare", "TrainBatches", "EvalBatches", "fit", "load_model", "build_module",
-           "train_windows", "train_prefixes", "best_of"]
-
-# settings that do not change the trained models (may differ between fit and evaluate)
-_NON_ARTEFACT = ("run_dir", "methods", "seeds", "eval_batch_size", "threads", "progress", "exclude_seen", "epochs",
-                 "patience", "accelerator", "max_minutes", "missing_seeds")
+__all__ = ["Experiment", "prepare", "TrainBatches", "EvalBatches", "fit_method", "load_model", "build_module",
+           "train_windows", "train_prefixes", "best_of", "LengthBucketSampler", "train_loader", "eval_loader",
+           "read_fit"]
 
 
 @dataclass
 class Experiment:
     data: SequenceData
-    root: Path
     train_rows: list[tuple[np.ndarray, np.ndarray]]  # (inputs, next-item targets) windows
     prefixes: dict[int, np.ndarray]  # target item -> (k, 2) array of (user index, end position) of train prefixes
     train_seqs: list[np.ndarray]  # per user: s[:-2]
@@ -86,7 +87,7 @@ def keep_popular_items(data: SequenceData, k: int) -> SequenceData:
     seqs = [new_id[s][new_id[s] > 0] for s in data.sequences]
     ok = [i for i, s in enumerate(seqs) if len(s) >= 3]
     if not ok:
-        raise DataError(f"max_items={k} leaves no user with >= 3 interactions")
+        raise InputError(f"max_items={k} leaves no user with >= 3 interactions")
     return SequenceData(name=f"{data.name}_top{k}items", users=[data.users[i] for i in ok],
                         sequences=[seqs[i] for i in ok], item_labels=[data.item_labels[i - 1] for i in keep],
                         dropped_users=data.dropped_users + len(seqs) - len(ok), source=data.source)
@@ -107,7 +108,7 @@ def prepare(cfg: RecConfig) -> Experiment:
     make_rows = train_windows if cfg.training == "all_positions" else train_prefixes
     rows = [r for t in train_seqs if len(t) >= 2 for r in make_rows(t, cfg.max_len)]
     if not rows:
-        raise DataError(f"{data.source}: no user has 4+ interactions, so there is nothing to train on")
+        raise InputError(f"{data.source}: no user has 4+ interactions, so there is nothing to train on")
     users, ends, targets = [], [], []
     for u, t in enumerate(train_seqs):
         for p in range(1, len(t)):
@@ -119,7 +120,7 @@ def prepare(cfg: RecConfig) -> Experiment:
     pairs = np.stack([np.asarray(users)[order], np.asarray(ends)[order]], 1)
     cuts = np.flatnonzero(np.diff(tg)) + 1
     prefixes = {int(g[0]): p for g, p in zip(np.split(tg, cuts), np.split(pairs, cuts))}
-    return Experiment(data, Path(cfg.run_dir) / data.name, rows, prefixes, train_seqs)
+    return Experiment(data, rows, prefixes, train_seqs)
 
 
 def _pad(seqs: list[np.ndarray], width: int | None = None) -> torch.Tensor:
@@ -159,11 +160,26 @@ class TrainBatches:
 class LengthBucketSampler(torch.utils.data.Sampler):
     """Batches of rows of similar length (a shuffled order, sorted by length inside pools of ``pool`` batches,
     then the batches shuffled): padding to the batch's longest row wastes little compute. Deterministic per
-    (seed, epoch); Lightning calls :meth:`set_epoch`."""
+    (seed, epoch); Lightning calls :meth:`set_epoch` (the loader of :func:`train_loader` passes this sampler as its
+    ``sampler``, which Lightning sets; a ``batch_sampler`` it would leave at epoch 0).
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool: int = 50, drop_last: bool = True):
+    Under DDP each rank takes every ``world``-th batch of the same epoch order (``batches[rank::world]``, all ranks
+    the same number), like Lightning's distributed sampler: ``batch_size`` is per device. ``rank`` / ``world``
+    default to the initialised process group's (one process: 0 / 1)."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool: int = 50, drop_last: bool = True,
+                 rank: int | None = None, world: int | None = None):
         self.lengths, self.batch_size, self.seed, self.pool = np.asarray(lengths), batch_size, seed, pool
         self.drop_last, self.epoch = drop_last and len(lengths) > batch_size, 0
+        self._rank, self._world = rank, world
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self._world is not None:
+            return int(self._rank or 0), int(self._world)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -182,15 +198,35 @@ class LengthBucketSampler(torch.utils.data.Sampler):
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self):
-        return iter([b.tolist() for b in self._batches()])
+        rank, world = self._rank_world()
+        batches = self._batches()
+        mine = batches[rank::world][: len(batches) // world] if world > 1 else batches
+        return iter([b.tolist() for b in mine])
 
-    def __len__(self) -> int:
+    def _total(self) -> int:
         n = len(self.lengths)
         if self.drop_last:
             return sum((min(n - a, self.batch_size * self.pool)) // self.batch_size
                        for a in range(0, n, self.batch_size * self.pool))
         return sum(-(-min(n - a, self.batch_size * self.pool) // self.batch_size)
                    for a in range(0, n, self.batch_size * self.pool))
+
+    def __len__(self) -> int:
+        return self._total() // self._rank_world()[1]
+
+
+class _RowIndex(torch.utils.data.Dataset):
+    """The dataset of :func:`train_loader`: an item is a batch's list of row indices (collated by
+    :class:`TrainBatches`)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx: list[int]) -> list[int]:
+        return idx
 
 
 class EvalBatches:
@@ -226,9 +262,12 @@ def eval_loader(exp: Experiment, split: str, cfg: RecConfig) -> torch.utils.data
 
 
 def train_loader(cfg: RecConfig, exp: Experiment, method: str, seed: int) -> torch.utils.data.DataLoader:
+    """Length-bucketed training batches. The :class:`LengthBucketSampler` yields whole batches as the loader's
+    ``sampler`` (``batch_size=None``), so Lightning calls its ``set_epoch`` (a new order every epoch); under DDP it
+    yields this rank's share."""
     sampler = LengthBucketSampler(np.array([len(r[0]) for r in exp.train_rows]),
                                   min(cfg.batch_size, len(exp.train_rows)), seed, pool=cfg.bucket_pool)
-    return torch.utils.data.DataLoader(range(len(exp.train_rows)), batch_sampler=sampler,
+    return torch.utils.data.DataLoader(_RowIndex(len(exp.train_rows)), sampler=sampler, batch_size=None,
                                        collate_fn=TrainBatches(exp, cfg.max_len, method == "duorec", seed))
 
 
@@ -269,6 +308,8 @@ class History(Callback):
         self._write(rec)
 
     def _write(self, rec: dict) -> None:
+        if not is_main_process():  # DDP: rank 0 writes
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -293,43 +334,39 @@ def best_of(history: list[dict]) -> dict:
     return {"best_val_ndcg@10": float(best["val"]["ndcg@10"]), "best_epoch": best["epoch"]}
 
 
-def check_run_dir(cfg: RecConfig, exp: Experiment, write: bool) -> None:
-    """Refuse to mix models of different settings in one run directory."""
-    want = {k: v for k, v in cfg.to_dict().items() if k not in _NON_ARTEFACT}
-    path = exp.root / "config.json"
-    if path.is_file():
-        # a setting added after the run was made counts as its default value
-        defaults = {k: v for k, v in RecConfig().to_dict().items() if k not in _NON_ARTEFACT}
-        have = {**defaults, **json.loads(path.read_text())}
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        if diff:
-            raise DataError(f"{exp.root} holds models made with other settings ({', '.join(diff)}); "
-                            f"pass another --run-dir or delete it")
-    elif write:
-        exp.root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(want, indent=2))
+def read_fit(folder: Path) -> dict | None:
+    """The ``fit.json`` of a method's folder (``None`` if it has none); its best-epoch fields recomputed from the
+    history (older files may carry a stale score)."""
+    path = Path(folder) / "fit.json"
+    if not path.is_file():
+        return None
+    info = read_json(path, "fit summary")
+    info.update(best_of(info.get("history", [])))
+    return info
 
 
-def method_dir(exp: Experiment, method: str, seed: int) -> Path:
-    return exp.root / f"seed{seed}" / method
+def _stopped_by_time(folder: Path) -> bool:
+    try:
+        return bool((read_fit(folder) or {}).get("stopped_by_time", False))
+    except InputError:
+        return False
 
 
-def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=print) -> Path:
-    """Train one method with one seed; returns the path of ``model.pt``.
+def fit_method(cfg: RecConfig, exp: Experiment, method: str, out: Path, seed: int | None = None, log=print) -> Path:
+    """Train one method into ``out`` (``<run-dir>/<method>/seed<S>``); returns the path of ``model.pt``.
 
-    Skipped if its ``model.pt`` exists, unless that run was stopped by ``max_minutes``: then it continues from its
-    last checkpoint (``max_minutes`` counts the run's whole training time, so pass a larger one)."""
-    out = method_dir(exp, method, seed)
+    Skipped if its ``model.pt`` exists, unless that run was stopped by the ``--max-minutes`` cap (the runner's
+    deadline, which :func:`core.training.fit_with_resume` applies at epoch ends): then it continues from its
+    last checkpoint. The hardware (accelerator, devices, strategy, precision) comes from the runner too."""
+    seed = cfg.seed if seed is None else seed
+    out = Path(out)
     model_path = out / "model.pt"
     if model_path.is_file():
-        try:
-            capped = json.loads((out / "fit.json").read_text()).get("stopped_by_time", False)
-        except (OSError, ValueError):
-            capped = False
-        if not capped:
+        if not _stopped_by_time(out):
             return model_path
-        log(f"[recommendation] {method} (seed {seed}) was stopped by max_minutes: continuing from its last checkpoint")
-    out.mkdir(parents=True, exist_ok=True)
+        log(f"{method} (seed {seed}) was stopped by the time cap: continuing from its last checkpoint")
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     module = build_module(cfg, exp, method)
     loader = train_loader(cfg, exp, method, seed)
@@ -343,12 +380,18 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
                  EarlyStopping(monitor="val/ndcg@10", mode="max", patience=cfg.patience,
                                check_on_train_epoch_end=False),
                  History(out / "history.jsonl")]
-    trainer_kwargs = dict(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1,
-                          max_time=None if cfg.max_minutes is None else timedelta(minutes=cfg.max_minutes),
-                          log_every_n_steps=max(1, min(20, len(loader))),
-                          enable_model_summary=False, enable_progress_bar=cfg.progress,
+    # no accelerator / devices / time cap here: fit_with_resume takes them from the runner (--accelerator,
+    # --devices, --max-minutes). use_distributed_sampler=False: the training sampler shards itself by rank and
+    # every rank validates on every user
+    trainer_kwargs = dict(max_epochs=cfg.epochs, log_every_n_steps=max(1, min(20, len(loader))),
+                          enable_model_summary=False, enable_progress_bar=cfg.progress, use_distributed_sampler=False,
                           check_val_every_n_epoch=cfg.eval_every, num_sanity_val_steps=0, callbacks=callbacks)
-    log(f"[recommendation] fit {method} (seed {seed}) on {len(exp.train_rows)} training rows, "
+    hardware = current()
+    if method == "mclrec" and hardware.distributed and hardware.resolved_strategy() == "ddp":
+        # MCLRec's three steps per batch each leave one parameter group out of the loss (the augmenters in the
+        # encoder steps, the encoder in the augmenter step): DDP must look for unused parameters at each backward
+        trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
+    log(f"fit {method} (seed {seed}) on {len(exp.train_rows)} training rows, "
         f"{sum(int((r[1] > 0).sum()) for r in exp.train_rows)} next-item targets, {exp.data.n_items} items -> {out}")
     t0 = time.perf_counter()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -361,42 +404,31 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, seed: int, log=prin
     seconds = time.perf_counter() - t0
     hist = read_history(out / "history.jsonl")
     if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        module.load_state_dict(load_torch(best.best_model_path)["state_dict"])
     info = {"method": method, "seed": seed, "epochs_run": trainer.current_epoch,
             "stopped_early": trainer.current_epoch < cfg.epochs, "accelerator": str(trainer.strategy.root_device),
-            "stopped_by_time": bool(timer is not None and trainer.current_epoch < cfg.epochs
-                                    and timer.time_remaining("train") <= 0),
+            "devices": trainer.world_size,
+            "stopped_by_time": stopped_by_deadline(trainer),
             **best_of(hist),
             "fit_seconds_this_attempt": seconds,
             "train_seconds_total": sum(h["train_seconds"] for h in hist),
             "val_seconds_total": sum(h.get("val_seconds", 0.0) for h in hist),
             "history": hist}
-    (out / "fit.json").write_text(json.dumps(info, indent=2))
-    tmp = model_path.with_suffix(".tmp")
-    torch.save(module.state_dict(), tmp)
-    tmp.replace(model_path)
+    write_json(out / "fit.json", info)
+    save_torch(model_path, {k: v.detach().cpu() for k, v in module.state_dict().items()})
     best_txt = ("no validation before the stop (the last weights are kept)" if info["best_val_ndcg@10"] is None
                 else f"best validation NDCG@10 {info['best_val_ndcg@10']:.4f} at epoch {info['best_epoch']}")
-    log(f"[recommendation] {method} (seed {seed}): {info['epochs_run']} epochs, {best_txt}, {seconds:.0f} s")
+    stop = ", stopped by the time cap (re-run to continue)" if info["stopped_by_time"] else ""
+    log(f"{method} (seed {seed}): {info['epochs_run']} epochs, {best_txt}, {seconds:.0f} s{stop}")
     return model_path
 
 
-def fit(cfg: RecConfig, exp: Experiment, log=print) -> None:
-    """Fit every method of ``cfg.methods`` for every seed."""
-    check_run_dir(cfg, exp, write=True)
-    for seed in cfg.seeds:
-        for method in cfg.methods:
-            fit_method(cfg, exp, method, seed, log)
-
-
-def load_model(cfg: RecConfig, exp: Experiment, method: str, seed: int) -> SeqRecModule:
-    """The model ``fit`` saved (raises :class:`DataError` naming what is missing)."""
-    path = method_dir(exp, method, seed) / "model.pt"
+def load_model(cfg: RecConfig, exp: Experiment, folder: Path, method: str) -> SeqRecModule:
+    """The model ``fit`` saved in ``folder`` (raises :class:`InputError` naming what is missing)."""
+    path = Path(folder) / "model.pt"
     if not path.is_file():
-        raise DataError(f"nothing fitted for {method} (seed {seed}) in {exp.root} (missing {path}); run `fit` first "
-                        "with the same --data / --run-dir / settings")
+        raise InputError(f"nothing fitted for {method} in {Path(folder).parent.parent} (missing {path}); run `fit` "
+                         "first with the same --data / --run-dir / --seed / settings")
     module = build_module(cfg, exp, method)
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    module.load_state_dict(load_torch(path))
     return module.eval()

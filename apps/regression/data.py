@@ -4,12 +4,15 @@
   splits are drawn from it by label bin (:func:`apps.regression.dir.dir_split`).
 * ``--data folder/`` with ``train.*``, ``val.*`` (or ``dev.*`` / ``valid.*``) and ``test.*``: pre-split
   tables, used as they are.
-* No ``--data``: ``abalone`` (UCI Abalone, target ``Rings``, DIR split made here) or ``sts_b_dir``
+* ``--data abalone`` (the default: UCI Abalone, target ``Rings``, DIR split made here) or ``--data sts_b_dir``
   (STS-B-DIR of Yang et al. 2021, each sentence encoded once by a frozen all-MiniLM-L6-v2, see
-  :mod:`apps.regression.embed_sts`; pair features ``[|u - v|, u * v, cos(u, v)]``).
+  :mod:`apps.regression.embed_sts`; pair features ``[|u - v|, u * v, cos(u, v)]``), both embedded in
+  ``shared_data/regression/``.
+* ``--data pairs.npz``: sentence-pair embeddings made by ``python -m apps.regression prepare sts_b_dir``
+  from the STS-B-DIR release (pre-split; the same pair features).
 
 Features are standardised with the training split's mean and std; text columns with at most 50
-distinct values are one-hot encoded. Every problem with the input raises :class:`DataError` naming
+distinct values are one-hot encoded. Every problem with the input raises :class:`core.app.InputError` naming
 the file (and the line, for CSV).
 """
 
@@ -21,19 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.regression.config import RegressionConfig
+from apps.regression.config import RegressionSettings
 from apps.regression.dir import bin_counts, bin_index, dir_split, scaled_shot_thresholds, shot_groups
+from core.app import InputError
 
-__all__ = ["DataError", "DIRData", "read_table", "load_data", "SHARED"]
+__all__ = ["DIRData", "read_table", "load_data", "SHARED"]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared_data" / "regression"
 SPLITS = ("train", "val", "test")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 _MAX_CATEGORIES = 50
-
-
-class DataError(ValueError):
-    """Bad input data (missing, empty, unparsable, non-finite, ...)."""
 
 
 @dataclass
@@ -70,16 +70,16 @@ class DIRData:
 
 # ------------------------------------------------------------------------------------------- reading
 def read_table(path: str | Path):
-    """Read a CSV / TSV / Parquet file into a DataFrame; :class:`DataError` on any problem."""
+    """Read a CSV / TSV / Parquet file into a DataFrame; :class:`InputError` on any problem."""
     import pandas as pd
 
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data path {path} does not exist")
+        raise InputError(f"data path {path} does not exist")
     if path.is_dir():
-        raise DataError(f"{path} is a folder; expected a table file")
+        raise InputError(f"{path} is a folder; expected a table file")
     if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty")
+        raise InputError(f"{path} is empty")
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
@@ -88,19 +88,19 @@ def read_table(path: str | Path):
             sep = "\t" if suffix == ".tsv" else ","
             df = pd.read_csv(path, sep=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL)
         else:
-            raise DataError(f"{path}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
-    except DataError:
+            raise InputError(f"{path}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
+    except InputError:
         raise
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a text table (byte {e.start} is not UTF-8)") from None
+        raise InputError(f"{path}: not a text table (byte {e.start} is not UTF-8)") from None
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path} is empty (no header)") from None
+        raise InputError(f"{path} is empty (no header)") from None
     except pd.errors.ParserError as e:
-        raise DataError(f"{path}: malformed {suffix[1:].upper()} ({str(e).strip()})") from None
+        raise InputError(f"{path}: malformed {suffix[1:].upper()} ({str(e).strip()})") from None
     except Exception as e:  # pyarrow errors for a broken Parquet file and the like
-        raise DataError(f"{path}: could not read as {suffix[1:]} ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: could not read as {suffix[1:]} ({type(e).__name__}: {e})") from None
     if len(df) == 0:
-        raise DataError(f"{path} has a header but no rows")
+        raise InputError(f"{path} has a header but no rows")
     df.attrs["path"] = str(path)
     df.attrs["csv"] = suffix != ".parquet" and suffix != ".pq"
     return df
@@ -115,12 +115,12 @@ def _targets(df, target: str) -> np.ndarray:
     import pandas as pd
 
     if target not in df.columns:
-        raise DataError(f"{df.attrs['path']}: no target column {target!r}; columns are {list(df.columns)}")
+        raise InputError(f"{df.attrs['path']}: no target column {target!r}; columns are {list(df.columns)}")
     y = pd.to_numeric(df[target], errors="coerce").to_numpy(np.float64)
     bad = np.flatnonzero(~np.isfinite(y))
     if bad.size:
         i = int(bad[0])
-        raise DataError(f"{_where(df, i)}: target {target!r} is not a finite number ({df[target].iloc[i]!r}); "
+        raise InputError(f"{_where(df, i)}: target {target!r} is not a finite number ({df[target].iloc[i]!r}); "
                         f"{bad.size} such row(s)")
     return y
 
@@ -134,19 +134,19 @@ class _Featurizer:
         cols = list(features) if features else [c for c in train_df.columns if c != target]
         missing = [c for c in cols if c not in train_df.columns]
         if missing:
-            raise DataError(f"{train_df.attrs['path']}: feature column(s) {missing} not found; "
+            raise InputError(f"{train_df.attrs['path']}: feature column(s) {missing} not found; "
                             f"columns are {list(train_df.columns)}")
         if target in cols:
-            raise DataError(f"the target {target!r} cannot also be a feature")
+            raise InputError(f"the target {target!r} cannot also be a feature")
         if not cols:
-            raise DataError(f"{train_df.attrs['path']}: no feature columns besides the target {target!r}")
+            raise InputError(f"{train_df.attrs['path']}: no feature columns besides the target {target!r}")
         self.cols, self.categories = cols, {}
         for c in cols:
             s = train_df[c]
             if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
                 values = sorted(s.dropna().astype(str).unique())
                 if len(values) > _MAX_CATEGORIES:
-                    raise DataError(f"{train_df.attrs['path']}: column {c!r} is not numeric and has {len(values)} "
+                    raise InputError(f"{train_df.attrs['path']}: column {c!r} is not numeric and has {len(values)} "
                                     f"distinct values; select numeric features with --features")
                 self.categories[c] = values
         self.names = [f"{c}={v}" if c in self.categories else c for c in cols
@@ -157,7 +157,7 @@ class _Featurizer:
 
         missing = [c for c in self.cols if c not in df.columns]
         if missing:
-            raise DataError(f"{df.attrs['path']}: feature column(s) {missing} not found")
+            raise InputError(f"{df.attrs['path']}: feature column(s) {missing} not found")
         parts = []
         for c in self.cols:
             if c in self.categories:
@@ -168,7 +168,7 @@ class _Featurizer:
             bad = np.flatnonzero(~np.isfinite(v))
             if bad.size:
                 i = int(bad[0])
-                raise DataError(f"{_where(df, i)}: feature {c!r} is not a finite number ({df[c].iloc[i]!r})")
+                raise InputError(f"{_where(df, i)}: feature {c!r} is not a finite number ({df[c].iloc[i]!r})")
             parts.append(v[:, None])
         return np.concatenate(parts, 1)
 
@@ -180,7 +180,7 @@ def _find_split_files(folder: Path) -> dict[str, Path]:
     for split, stems in names.items():
         hits = [p for p in files if p.stem.lower() in stems]
         if not hits:
-            raise DataError(f"{folder}: pre-split data needs train.*, val.* (or dev.*) and test.* tables "
+            raise InputError(f"{folder}: pre-split data needs train.*, val.* (or dev.*) and test.* tables "
                             f"(.csv/.tsv/.parquet); found {[p.name for p in files]}")
         found[split] = hits[0]
     return found
@@ -194,80 +194,93 @@ def _default_width(y: np.ndarray) -> float:
     return span / 50 if span > 0 else 1.0
 
 
-def _load_sts(cfg: RegressionConfig) -> tuple[dict, dict, list[str]]:
+def _load_pairs(path: Path) -> tuple[dict, dict, list[str]]:
+    """Sentence-pair features from a ``prepare sts_b_dir`` file (int8 embeddings of both sentences + scores)."""
     from apps.regression.embed_sts import dequantize
 
-    path = SHARED / "sts_b_dir" / "minilm.npz"
     if not path.is_file():
-        raise DataError(f"{path} is missing; regenerate it with `HF_HUB_OFFLINE=1 python -m apps.regression.embed_sts`")
-    z = np.load(path)
+        raise InputError(f"{path} is missing; make it with `python -m apps.regression prepare sts_b_dir`")
+    try:
+        z = np.load(path)
+        arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # a truncated or foreign file
+        raise InputError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    need = [f"{s}_{k}" for s in SPLITS for k in ("u_q", "u_s", "v_q", "v_s", "y")]
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise InputError(f"{path}: not a sentence-pair file of `prepare sts_b_dir` (missing arrays {missing[:3]})")
     x, y = {}, {}
     for s in SPLITS:
-        u, v = dequantize(z[f"{s}_u_q"], z[f"{s}_u_s"]), dequantize(z[f"{s}_v_q"], z[f"{s}_v_s"])
+        u, v = dequantize(arrays[f"{s}_u_q"], arrays[f"{s}_u_s"]), dequantize(arrays[f"{s}_v_q"], arrays[f"{s}_v_s"])
         cos = (u * v).sum(1, keepdims=True) / (np.linalg.norm(u, axis=1, keepdims=True)
                                                * np.linalg.norm(v, axis=1, keepdims=True) + 1e-8)
         x[s] = np.concatenate([np.abs(u - v), u * v, cos], 1).astype(np.float64)
-        y[s] = z[f"{s}_y"].astype(np.float64)
-    names = [f"absdiff_{i}" for i in range(384)] + [f"prod_{i}" for i in range(384)] + ["cosine"]
+        y[s] = arrays[f"{s}_y"].astype(np.float64)
+        if not np.isfinite(y[s]).all():
+            raise InputError(f"{path}: {s} scores hold non-finite values")
+    dim = x["train"].shape[1] // 2
+    names = [f"absdiff_{i}" for i in range(dim)] + [f"prod_{i}" for i in range(dim)] + ["cosine"]
     return x, y, names
 
 
-def load_data(cfg: RegressionConfig) -> DIRData:
-    """Load, split (DIR protocol where needed), standardise and bin the data of ``cfg``."""
+def load_data(s: RegressionSettings) -> DIRData:
+    """Load, split (DIR protocol where needed), standardise and bin the data of the settings ``s``."""
     split_made = False
-    if cfg.data is None and cfg.dataset == "sts_b_dir":
-        x, y, names = _load_sts(cfg)
-        name, width, corr = "sts_b_dir", cfg.bin_width or 0.1, True
+    if s.data == "sts_b_dir" or str(s.data).endswith(".npz"):
+        path = SHARED / "sts_b_dir" / "minilm.npz" if s.data == "sts_b_dir" else Path(s.data)
+        x, y, names = _load_pairs(path)
+        name, corr = ("sts_b_dir" if s.data == "sts_b_dir" else path.stem), True
+        width = s.bin_width or (0.1 if s.data == "sts_b_dir" else _default_width(y["train"]))
     else:
-        if cfg.data is None:
-            path, target, name = SHARED / "abalone" / "abalone.csv", cfg.target or "Rings", "abalone"
+        if s.data == "abalone":
+            path, target, name = SHARED / "abalone" / "abalone.csv", s.target or "Rings", "abalone"
         else:
-            path, name = Path(cfg.data), Path(cfg.data).stem
-            if not cfg.target:
-                raise DataError("--target NAME is required with --data")
-            target = cfg.target
+            path, name = Path(s.data), Path(s.data).stem
+            if not s.target:
+                raise InputError("--target NAME is required with --data PATH")
+            target = s.target
         if str(path) == "" or not path.exists():
-            raise DataError(f"data path {path} does not exist")
+            raise InputError(f"data path {path} does not exist")
         if path.is_dir():
             files = _find_split_files(path)
-            dfs = {s: read_table(files[s]) for s in SPLITS}
-            feat = _Featurizer(dfs["train"], target, cfg.features)
-            x = {s: feat(dfs[s]) for s in SPLITS}
-            y = {s: _targets(dfs[s], target) for s in SPLITS}
+            dfs = {k: read_table(files[k]) for k in SPLITS}
+            feat = _Featurizer(dfs["train"], target, s.features)
+            x = {k: feat(dfs[k]) for k in SPLITS}
+            y = {k: _targets(dfs[k], target) for k in SPLITS}
         else:
             df = read_table(path)
-            feat = _Featurizer(df, target, cfg.features)
+            feat = _Featurizer(df, target, s.features)
             x_all, y_all = feat(df), _targets(df, target)
             split_made = True
         names = feat.names
         corr = False
-        width = cfg.bin_width or (1.0 if name == "abalone" else _default_width(y["train"] if not split_made else y_all))
+        width = s.bin_width or (1.0 if name == "abalone" else _default_width(y["train"] if not split_made else y_all))
         if split_made:
             if len(y_all) < 10:
-                raise DataError(f"{path}: {len(y_all)} rows are too few for a train / val / test split")
+                raise InputError(f"{path}: {len(y_all)} rows are too few for a train / val / test split")
             origin0 = np.floor(y_all.min() / width) * width
-            tr, va, te = dir_split(bin_index(y_all, width, origin0), cfg.per_bin, cfg.max_fraction, cfg.split_seed)
+            tr, va, te = dir_split(bin_index(y_all, width, origin0), s.per_bin, s.max_fraction, s.split_seed)
             if len(va) == 0 or len(te) == 0:
-                raise DataError(f"{path}: no bin has enough samples for balanced val / test splits with bin width "
-                                f"{width:g} and max_fraction {cfg.max_fraction}; use a larger --bin_width")
+                raise InputError(f"{path}: no bin has enough samples for balanced val / test splits with bin width "
+                                 f"{width:g} and max_fraction {s.max_fraction}; use a larger --bin-width")
             x = {"train": x_all[tr], "val": x_all[va], "test": x_all[te]}
             y = {"train": y_all[tr], "val": y_all[va], "test": y_all[te]}
     if np.ptp(y["train"]) == 0:
-        raise DataError(f"{name}: every training target has the same value; nothing to regress")
+        raise InputError(f"{name}: every training target has the same value; nothing to regress")
     mean, std = x["train"].mean(0), x["train"].std(0)
     std = np.where(std > 1e-12, std, 1.0)
-    x = {s: ((x[s] - mean) / std).astype(np.float32) for s in SPLITS}
-    y = {s: y[s].astype(np.float32) for s in SPLITS}
-    all_y = np.concatenate([y[s] for s in SPLITS])
+    x = {k: ((x[k] - mean) / std).astype(np.float32) for k in SPLITS}
+    y = {k: y[k].astype(np.float32) for k in SPLITS}
+    all_y = np.concatenate([y[k] for k in SPLITS])
     origin = float(np.floor(all_y.min() / width + 1e-6) * width)
-    bins = {s: bin_index(y[s], width, origin) for s in SPLITS}
+    bins = {k: bin_index(y[k], width, origin) for k in SPLITS}
     n_bins = int(max(b.max() for b in bins.values())) + 1
     if n_bins > 100_000:
-        raise DataError(f"bin width {width:g} gives {n_bins} bins; use a larger --bin_width")
+        raise InputError(f"bin width {width:g} gives {n_bins} bins; use a larger --bin-width")
     counts = bin_counts(bins["train"], n_bins)
     many, few = scaled_shot_thresholds(len(y["train"]))
-    many = cfg.many_shot if cfg.many_shot is not None else many
-    few = cfg.few_shot if cfg.few_shot is not None else few
+    many = s.many_shot if s.many_shot is not None else many
+    few = s.few_shot if s.few_shot is not None else few
     return DIRData(name=name, x=x, y=y, feature_names=names, bin_width=float(width), origin=origin, n_bins=n_bins,
                    bins=bins, train_counts=counts, groups=shot_groups(counts, many, few), many=many, few=few,
                    correlations=corr)

@@ -1,34 +1,34 @@
-"""``evaluate``: test-set metrics of a trained run -> ``report.json``, ``report.md`` and plots.
+"""``evaluate``: test-set metrics of every method of ``--methods`` at ``--seed`` -> one ``report.json`` /
+``report.md`` (the runner's schema) and two plots.
 
-``report.json`` = ``{"app", "dataset", "method", "metrics", "baselines", "seconds", "config"}`` plus
-``per_bin`` (test MAE per label bin), ``shots`` (thresholds and bin groups) and ``val_metrics`` (the same
-metrics on the balanced validation split, for choosing hyperparameters without looking at test). Metric names:
-``mae_all``, ``mae_many``, ``mae_medium``, ``mae_few``, ``gm_*``, ``mse_*`` (and ``pearson``,
-``spearman`` for STS-B). ``baselines`` always holds ``train_median`` (a constant prediction) and the
-test metrics of every other method already evaluated next to this run (``<out>/<dataset>/*/report.json``,
-same seed). Files are written only once everything is computed, so a failure leaves no partial report.
+One row per method (and the ``train_median`` baseline, a constant prediction), headline metric ``mae_all``
+(lower is better); metric names ``mae_*``, ``mse_*``, ``gm_*`` for ``all``, ``many``, ``medium``, ``few`` (and
+``pearson``, ``spearman`` for sentence pairs). ``extra`` holds ``per_bin`` (test MAE per label bin of every
+method), ``bin_centers``, ``shots`` (thresholds, bin groups, test samples per group), ``val_metrics`` (the same
+metrics on the balanced validation split, for choosing hyper-parameters without looking at test) and ``fit``
+(epochs trained, seconds). Plots: ``per_bin_error.png``, ``label_histogram.png`` next to the report. Nothing is
+written before every model has loaded and every metric is computed.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from apps.regression.config import ConfigError, RegressionConfig
+from apps.regression.config import RegressionSettings, switches
 from apps.regression.data import DIRData, load_data
-from apps.regression.metrics import correlations, per_bin_error, shot_metrics
+from apps.regression.metrics import METRIC_NAMES, correlations, per_bin_error, shot_metrics
 from apps.regression.train import build_regressor
+from core.app import InputError, Run, load_torch
+from core.app.files import atomic_write
 
-__all__ = ["evaluate", "compute_metrics", "plot_per_bin", "plot_histogram", "json_safe", "write_atomic"]
+__all__ = ["evaluate", "compute_metrics", "plot_per_bin", "plot_histogram", "json_safe", "shots_info"]
 
-APP = "regression"
+HEADLINE = "mae_all"
 
 
 def json_safe(v: Any) -> Any:
@@ -43,17 +43,6 @@ def json_safe(v: Any) -> Any:
     if isinstance(v, np.generic):
         return json_safe(v.item())
     return v
-
-
-def write_atomic(files: dict[Path, bytes | str]) -> None:
-    """Write every file to a temporary name first, then rename them all (no half-written report)."""
-    tmps = []
-    for path, content in files.items():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        (tmp.write_bytes if isinstance(content, bytes) else tmp.write_text)(content)
-        tmps.append((tmp, path))
-    for tmp, path in tmps:
-        os.replace(tmp, path)
 
 
 def compute_metrics(preds: np.ndarray, data: DIRData, split: str = "test") -> dict[str, float]:
@@ -127,79 +116,79 @@ def plot_histogram(data: DIRData) -> bytes:
     return _png(fig)
 
 
-def _sibling_reports(run_dir: Path, seed: int, method: str) -> dict[str, dict]:
-    out = {}
-    for f in sorted(run_dir.parent.glob("*/report.json")):
-        if f.parent == run_dir:
-            continue
-        try:
-            r = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if r.get("config", {}).get("seed") == seed and r.get("method") not in (None, method, "compare"):
-            out[r["method"]] = r
-    return out
-
-
-def _markdown(report: dict) -> str:
-    names = ["mae_all", "mae_many", "mae_medium", "mae_few", "gm_all", "gm_many", "gm_medium", "gm_few", "mse_all"]
-    if "pearson" in report["metrics"]:
-        names += ["pearson", "spearman"]
-    rows = {report["method"]: report["metrics"], **report["baselines"]}
-    fmt = lambda v: "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"  # noqa: E731
-    md = [f"# Regression report: {report['dataset']}, {report['method']}", "",
-          f"Test split; shot groups from the training histogram ({report['shots']['rule']}).", "",
-          "| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for name, m in rows.items():
-        md.append(f"| {name} | " + " | ".join(fmt(m.get(k)) for k in names) + " |")
-    md += ["", f"Seconds: {report['seconds']:.1f}", "", "![per-bin error](per_bin_error.png)", "",
-           "![training labels](label_histogram.png)", ""]
-    return "\n".join(md)
-
-
 def shots_info(data: DIRData) -> dict:
     return {"many": data.many, "few": data.few,
             "rule": f"many > {data.many}, few < {data.few} training samples per bin of width {data.bin_width:g}",
             "bins": {g: int((data.groups == g).sum()) for g in ("many", "medium", "few")}}
 
 
-def evaluate(run_dir: str | Path, data: DIRData | None = None, echo=print) -> dict:
-    """Evaluate the run in ``run_dir`` on its test split; writes the report files there and returns the report."""
-    t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    model_file = run_dir / "model.pt"
-    if not model_file.is_file():
-        raise ConfigError(f"{run_dir} has no trained model (model.pt); run `python -m apps.regression fit` first")
-    ckpt = torch.load(model_file, map_location="cpu", weights_only=False)
-    cfg = RegressionConfig(**ckpt["config"])
-    data = data or load_data(cfg)
-    model = build_regressor(cfg, data)
-    model.load_state_dict(ckpt["state_dict"])
-    preds = model.predict(torch.from_numpy(data.x["test"])).numpy()
-    metrics = compute_metrics(preds, data)
-    val_metrics = compute_metrics(model.predict(torch.from_numpy(data.x["val"])).numpy(), data, "val")
+def _row(metrics: dict[str, float]) -> dict[str, float | None]:
+    """The report row of a metrics dict: MAE / MSE / GM (+ correlations), NaN as ``None``."""
+    names = list(METRIC_NAMES) + [k for k in ("pearson", "spearman") if k in metrics]
+    return {k: json_safe(float(metrics[k])) for k in names}
+
+
+def _write_png(path: Path, png: bytes) -> None:
+    atomic_write(path, lambda f: f.write(png))
+
+
+def evaluate(run: Run) -> None:
+    """The ``evaluate`` verb: load every method's ``model.pt``, test it, write the report and plots."""
+    s: RegressionSettings = run.settings
+    files = {m: run.run_dir.method_dir(m) / "model.pt" for m in s.methods}
+    missing = [m for m, f in files.items() if not f.is_file()]
+    if missing:
+        raise InputError(f"{run.run_dir.path} has no trained model of {', '.join(missing)} (seed {s.seed}); run "
+                         f"`python -m apps.regression fit` with the same settings first")
+    data = load_data(s)
+    report = run.report(HEADLINE, higher_is_better=False, title=f"regression: {data.name}")
     median = np.full(len(data.y["test"]), float(np.median(data.y["train"])))
-    baselines = {"train_median": compute_metrics(median, data)}
-    curves = {cfg.method: per_bin_error(preds, data.y["test"], data.bins["test"], data.n_bins)}
-    for name, r in _sibling_reports(run_dir, cfg.seed, cfg.method).items():
-        baselines[name] = r["metrics"]
-        if r.get("per_bin"):
-            curves[name] = np.array([np.nan if v is None else v for v in r["per_bin"]], dtype=float)
+    curves: dict[str, np.ndarray] = {}
+    val_metrics, fits, results = {}, {}, {}
+    for m, f in files.items():
+        state = load_torch(f)
+        model = build_regressor(s, switches(s, m), data)
+        try:
+            model.load_state_dict(state["state_dict"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{f} does not hold a model of these settings ({msg}); delete it and re-run fit") \
+                from None
+        preds = model.predict(torch.from_numpy(data.x["test"])).numpy()
+        results[m] = compute_metrics(preds, data)
+        val_metrics[m] = _row(compute_metrics(model.predict(torch.from_numpy(data.x["val"])).numpy(), data, "val"))
+        curves[m] = per_bin_error(preds, data.y["test"], data.bins["test"], data.n_bins)
+        fits[m] = {k: state.get(k) for k in ("epochs", "epochs_done", "fit_seconds")}
+    base = compute_metrics(median, data)
     curves["train_median"] = per_bin_error(median, data.y["test"], data.bins["test"], data.n_bins)
-    report = {
-        "app": APP, "dataset": data.name, "method": cfg.method, "metrics": metrics, "baselines": baselines,
-        "seconds": float(ckpt.get("fit_seconds", 0.0)) + time.perf_counter() - t0, "config": cfg.to_dict(),
-        "per_bin": curves[cfg.method], "shots": shots_info(data), "val_metrics": val_metrics,
-    }
-    report = json_safe(report)
-    files = {
-        run_dir / "per_bin_error.png": plot_per_bin(data, curves, f"{data.name}: test MAE per label bin"),
-        run_dir / "label_histogram.png": plot_histogram(data),
-        run_dir / "report.md": _markdown(report),
-        run_dir / "report.json": json.dumps(report, indent=2),
-    }
-    write_atomic(files)
-    m = metrics
-    echo(f"[regression] {data.name} {cfg.method}: MAE all/many/med/few = {m['mae_all']:.3f}/{m['mae_many']:.3f}/"
-         f"{m['mae_medium']:.3f}/{m['mae_few']:.3f}; report in {run_dir}/report.md")
-    return report
+    for m, metrics in results.items():
+        report.add(m, _row(metrics), seed=s.seed)
+    report.add("train_median", _row(base), seed=s.seed, baseline=True)
+    counts = {g: int(base[f"n_{g}"]) for g in ("many", "medium", "few")}
+    shots = {**shots_info(data), "test_samples": counts}
+    report.notes.append(f"{data.summary()}")
+    report.notes.append(f"test split; shot groups from the training histogram ({shots['rule']}); test samples "
+                        f"many/medium/few = {counts['many']}/{counts['medium']}/{counts['few']}")
+    if "vanilla" in results:
+        van = results["vanilla"]
+        for m, r in results.items():
+            if m != "vanilla" and van["mae_few"] > 0 and van["mae_many"] > 0:
+                report.notes.append(f"{m} vs vanilla (negative = better): few-shot MAE "
+                                    f"{r['mae_few'] / van['mae_few'] - 1:+.1%}, many-shot MAE "
+                                    f"{r['mae_many'] / van['mae_many'] - 1:+.1%}")
+    for m, fit in fits.items():
+        if fit.get("epochs_done") is not None and fit["epochs_done"] < fit["epochs"]:
+            report.notes.append(f"{m}: trained {fit['epochs_done']} of {fit['epochs']} epochs (stopped by "
+                                f"--max-minutes); re-run fit to finish")
+    report.extra = json_safe({"dataset": data.name, "per_bin": curves, "bin_centers": data.bin_centers(),
+                              "shots": shots, "val_metrics": val_metrics, "fit": fits})
+    folder = run.report_dir or run.run_dir.path
+    if run.is_main:
+        _write_png(folder / "per_bin_error.png", plot_per_bin(data, curves, f"{data.name}: test MAE per label bin"))
+        _write_png(folder / "label_histogram.png", plot_histogram(data))
+    report.plots = ["per_bin_error.png", "label_histogram.png"]
+    run.write_report(report, folder)
+    for m, r in results.items():
+        run.log(f"{data.name} {m}: MAE all/many/med/few = {r['mae_all']:.3f}/{r['mae_many']:.3f}/"
+                f"{r['mae_medium']:.3f}/{r['mae_few']:.3f}")
+    run.log(f"report: {folder / 'report.md'}")

@@ -146,13 +146,16 @@ class DIRRegressor(ContrastiveModule):
         if self.fds is not None and self._epoch_features:
             h = torch.cat([f for f, _ in self._epoch_features])
             b = torch.cat([bb for _, bb in self._epoch_features])
+            if self._trainer is not None and self.trainer.world_size > 1:
+                # every rank updates with the features of every rank (Lightning's sampler gives equal counts)
+                h, b = self.all_gather(h).flatten(0, 1), self.all_gather(b).flatten(0, 1)
             self.fds.update(h, b, self.current_epoch)
         self._epoch_features = []
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, _, _ = batch
         mae = (self.head(self(x)) - y).abs().mean()
-        self.log("val/mae", mae, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("val/mae", mae, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
 
 
 class SupReMixPretrainer(ContrastiveModule):

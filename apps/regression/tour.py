@@ -2,40 +2,48 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
-from apps.regression.compare import compare
-from apps.regression.config import QUICK, RegressionConfig
+from core.app import read_json
 from core.tour import register_tour
 
 __all__ = ["regression_tour"]
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
 
 @register_tour("regression")
 def regression_tour(out_dir: Path, quick: bool) -> list[dict]:
-    """Quick: 12 epochs (SupReMix 4), seed 0; full: the abalone compare config (40 epochs, 3 seeds)."""
+    """Quick: ``run --quick`` (12 epochs, SupReMix 4, seed 0); full: ``sweep`` of the abalone config (40 epochs,
+    SupReMix 10, seeds 0 1 2)."""
+    from apps.regression.__main__ import APP
+
     t0 = time.perf_counter()
-    cfg = RegressionConfig(dataset="abalone", out=str(out_dir), progress=False)
+    run_dir = Path(out_dir) / "run"
     if quick:
-        cfg = dataclasses.replace(cfg, quick=True, **QUICK)
-        methods, seeds = ["vanilla", "conr", "supremix"], [0]
+        argv = ["run", "--quick", "--config", str(CONFIGS / "quick.yaml"), "--run-dir", str(run_dir)]
+        seeds = [0]
     else:
-        cfg = dataclasses.replace(cfg, epochs=40, supremix_epochs=10)
-        methods, seeds = ["vanilla", "lds", "fds", "lds_fds", "conr", "lds_conr", "supremix"], [0, 1, 2]
-    s = compare(cfg, methods, seeds, focus="conr", echo=lambda *_: None)
+        seeds = [0, 1, 2]
+        argv = ["sweep", "--config", str(CONFIGS / "abalone.yaml"), "--run-dir", str(run_dir), "--seeds",
+                *map(str, seeds)]
+    rc = APP.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"python -m apps.regression {' '.join(argv)} exited with status {rc}")
+    report = read_json(run_dir / "report.json", "regression report")
     seconds = time.perf_counter() - t0
-    plots = [str(Path(out_dir) / s["dataset"] / "compare" / p) for p in ("per_bin_error.png", "label_histogram.png")]
-    t = s["table"]
+    means = {s["method"]: {k: v["mean"] for k, v in s["metrics"].items()} for s in report["summary"]}
+    folder = run_dir if quick else run_dir / f"seed{seeds[0]}"
+    plots = [str(folder / p) for p in ("per_bin_error.png", "label_histogram.png")]
     rows = []
     for m in ("conr", "supremix"):
         for metric in ("mae_few", "mae_many", "mae_all"):
             rows.append({"app": "regression (ConR)" if m == "conr" else "regression (SupReMix)",
                          "dataset": f"abalone (DIR split, seed{'s' if len(seeds) > 1 else ''} "
                          f"{','.join(map(str, seeds))})", "metric": f"{metric} ({m}), lower is better",
-                         "value": t[m][metric]["mean"], "baseline": t["vanilla"][metric]["mean"],
+                         "value": means[m][metric], "baseline": means["vanilla"][metric],
                          "baseline_name": "vanilla L1", "higher_is_better": False,
-                         "full_mode_ref": "docs/apps/regression.md", "seconds": seconds,
-                         "plots": plots if not rows else []})
+                         "mode": "quick" if quick else "full", "full_mode_ref": "docs/apps/regression.md",
+                         "seconds": seconds, "plots": plots if not rows else []})
     return rows

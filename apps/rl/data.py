@@ -21,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataError", "Episode", "Rollouts", "load_rollouts", "resolve_data", "render_states", "SHARED",
-           "ALIASES", "task_of"]
+from core.app import InputError
+
+__all__ = ["Episode", "Rollouts", "load_rollouts", "resolve_data", "render_states", "SHARED", "ALIASES", "task_of",
+           "EMBEDDED", "dataset_name"]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared_data" / "rl"
 ALIASES = {"cartpole": SHARED / "cartpole_0_rollouts.npz", "pendulum": SHARED / "pendulum_0_rollouts.npz"}
-
-
-class DataError(ValueError):
-    """Bad input data or configuration; the message names the file (and line / row) at fault."""
+EMBEDDED = "embedded"  # --data name of every embedded file
 
 
 @dataclass
@@ -65,44 +64,49 @@ def task_of(name: str, state_dim: int) -> str | None:
 
 
 def resolve_data(data: str | None) -> list[Path]:
-    """The .npz files named by ``data`` (None = every embedded file, an alias, a file or a folder)."""
-    if data is None:
+    """The .npz files named by ``data`` ('embedded' or empty = every embedded file, an alias, a file or a
+    folder)."""
+    if not data or data == EMBEDDED:
         paths = sorted(SHARED.glob("*.npz"))
         if not paths:
-            raise DataError(f"no embedded rollouts found in {SHARED}")
+            raise InputError(f"no embedded rollouts found in {SHARED}")
         return paths
     if data in ALIASES:
         return [ALIASES[data]]
     p = Path(data)
     if not p.exists():
-        raise DataError(f"data path {p} does not exist (embedded names: {sorted(ALIASES)})")
+        raise InputError(f"data path {p} does not exist (embedded names: {', '.join([EMBEDDED, *ALIASES])})")
     if p.is_dir():
         paths = sorted(p.glob("*.npz"))
         if not paths:
-            raise DataError(f"data folder {p} holds no .npz file")
+            raise InputError(f"data folder {p} holds no .npz file")
         return paths
     if p.suffix != ".npz":
-        raise DataError(f"{p}: expected an .npz file of trajectories, got '{p.suffix or 'no extension'}'")
+        raise InputError(f"{p}: expected an .npz file of trajectories, got '{p.suffix or 'no extension'}'")
     return [p]
 
 
 def _finite(path: Path, name: str, a: np.ndarray) -> None:
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         row = int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))[0, 0]) if a.ndim else 0
-        raise DataError(f"{path}: array '{name}' has a non-finite value at row {row}")
+        raise InputError(f"{path}: array '{name}' has a non-finite value at row {row}")
 
 
 def _actions(path: Path, acts: np.ndarray) -> tuple[np.ndarray, bool, int]:
     if acts.dtype.kind in "iub":
         if acts.ndim != 1 and not (acts.ndim == 2 and acts.shape[1] == 1):
-            raise DataError(f"{path}: integer actions must be (T,) class ids, got shape {acts.shape}")
+            raise InputError(f"{path}: integer actions must be (T,) class ids, got shape {acts.shape}")
         ids = acts.reshape(-1).astype(np.int64)
         if ids.min() < 0:
-            raise DataError(f"{path}: negative discrete action at row {int(np.argmin(ids))}")
+            raise InputError(f"{path}: negative discrete action at row {int(np.argmin(ids))}")
         n = int(ids.max()) + 1
         return np.eye(max(n, 2), dtype=np.float32)[ids], True, max(n, 2)
     acts = acts.reshape(len(acts), -1).astype(np.float32)
     return acts, False, acts.shape[1]
+
+
+_USED = {"obs", "acts", "rews", "indices", "terminal", "observations", "actions", "rewards", "terminals", "timeouts",
+         "states"}
 
 
 def load_rollouts(path: Path, max_episodes: int | None = None) -> Rollouts:
@@ -110,18 +114,24 @@ def load_rollouts(path: Path, max_episodes: int | None = None) -> Rollouts:
     path = Path(path)
     try:
         f = np.load(path, allow_pickle=False)
-        arrays = {k: f[k] for k in f.files}
+        arrays = {}
+        for k in f.files:
+            try:
+                arrays[k] = f[k]
+            except ValueError:  # an object array (the release's pickled `infos`): never unpickled, not needed
+                if k in _USED:
+                    raise
     except Exception as e:  # noqa: BLE001 - any reader failure is a format error of this file
-        raise DataError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from e
     if not arrays:
-        raise DataError(f"{path}: the archive is empty")
+        raise InputError(f"{path}: the archive is empty")
     frames_all = None
     if {"obs", "acts", "rews"} <= arrays.keys():
         obs, acts, rews = arrays["obs"], arrays["acts"], arrays["rews"]
         indices = arrays.get("indices", np.zeros(0, np.int64)).astype(np.int64)
         n = len(indices) + 1
         if len(obs) != len(acts) + n:
-            raise DataError(f"{path}: 'obs' has {len(obs)} rows, expected len(acts) + trajectories = "
+            raise InputError(f"{path}: 'obs' has {len(obs)} rows, expected len(acts) + trajectories = "
                             f"{len(acts)} + {n}")
         term = arrays.get("terminal", np.ones(n, bool))
         obs_split = np.split(obs, indices + np.arange(1, n))
@@ -132,7 +142,7 @@ def load_rollouts(path: Path, max_episodes: int | None = None) -> Rollouts:
         obs, acts, rews = arrays["observations"], arrays["actions"], arrays["rewards"]
         T = len(obs)
         if len(acts) != T or len(rews) != T:
-            raise DataError(f"{path}: observations, actions and rewards must have the same number of rows, got "
+            raise InputError(f"{path}: observations, actions and rewards must have the same number of rows, got "
                             f"{T}, {len(acts)}, {len(rews)}")
         term = arrays.get("terminals", np.zeros(T, bool)).astype(bool)
         ends = term | arrays.get("timeouts", np.zeros(T, bool)).astype(bool)
@@ -146,13 +156,13 @@ def load_rollouts(path: Path, max_episodes: int | None = None) -> Rollouts:
             frames_all = obs
             states_arr = arrays.get("states")
     else:
-        raise DataError(f"{path}: expected arrays obs/acts/rews[/indices/terminal] (imitation) or "
+        raise InputError(f"{path}: expected arrays obs/acts/rews[/indices/terminal] (imitation) or "
                         f"observations/actions/rewards/terminals (D4RL-style); found {sorted(arrays)}")
     for name in ("obs", "acts", "rews", "observations", "actions", "rewards", "states"):
         if name in arrays:
             _finite(path, name, arrays[name])
     if len(acts) == 0 or not raw:
-        raise DataError(f"{path}: no transitions")
+        raise InputError(f"{path}: no transitions")
     act_all, discrete, action_dim = _actions(path, acts)
     episodes = []
     for o, a_idx, r, t in raw:
@@ -167,17 +177,26 @@ def load_rollouts(path: Path, max_episodes: int | None = None) -> Rollouts:
                                     np.ascontiguousarray(fr.astype(np.uint8))))
         else:
             if o.ndim != 2:
-                raise DataError(f"{path}: vector observations must be (T, D), got {o.shape}")
+                raise InputError(f"{path}: vector observations must be (T, D), got {o.shape}")
             episodes.append(Episode(o.astype(np.float32), act_all[a_idx], np.asarray(r, np.float32), t))
         if max_episodes is not None and len(episodes) >= max_episodes:
             break
     state_dim = episodes[0].states.shape[1]
-    task = task_of(path.stem, state_dim) if frames_all is None else None
+    name = dataset_name(path)
+    task = task_of(name, state_dim) if frames_all is None else None
     if frames_all is None and task is None:
-        raise DataError(f"{path}: vector observations of dimension {state_dim} from an unknown task: only CartPole "
+        raise InputError(f"{path}: vector observations of dimension {state_dim} from an unknown task: only CartPole "
                         "(4-d) and Pendulum (3-d) states can be rendered to pixels (name the file *cartpole* or "
                         "*pendulum*), or store image observations (T, H, W[, C]) uint8 with a 'states' array")
-    return Rollouts(path.stem.replace("_rollouts", ""), path, episodes, discrete, action_dim, task)
+    return Rollouts(name, path, episodes, discrete, action_dim, task)
+
+
+def dataset_name(path: Path) -> str:
+    """``cartpole_0_rollouts.npz`` -> ``cartpole_0``; the release's ``<name>/rollouts/final.npz`` -> ``<name>``."""
+    path = Path(path)
+    if path.stem == "final" and path.parent.name == "rollouts" and path.parent.parent.name:
+        return path.parent.parent.name
+    return path.stem.replace("_rollouts", "")
 
 
 def render_states(states: np.ndarray, task: str, size: int) -> np.ndarray:
@@ -205,7 +224,7 @@ def render_states(states: np.ndarray, task: str, size: int) -> np.ndarray:
             tip = 0.8 * np.stack([np.sin(theta), np.cos(theta)], 1)
             cart = np.zeros((len(s), size, size), bool)
         else:
-            raise DataError(f"no renderer for task {task!r}")
+            raise InputError(f"no renderer for task {task!r}")
         d = tip - base
         px, py = xs[None] - base[:, 0, None, None], ys[None] - base[:, 1, None, None]
         t = np.clip((px * d[:, 0, None, None] + py * d[:, 1, None, None])

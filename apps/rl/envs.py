@@ -2,6 +2,7 @@
 
 DMC: ``dm_control.suite`` wrapped by Farama's ``shimmy.DmControlCompatibilityV0`` (rgb_array rendering at
 84x84, camera 0 -- 2 for quadruped, as DrQ-v2), then :class:`ActionRepeat` (2) and :class:`PixelFrameStack` (3).
+Tasks go by their standard names ``domain_task``, split against the suite's domains (:func:`dmc_domain_task`).
 The observation is the (3*3, 84, 84) uint8 stack; ``info["frame"]`` is the newest (3, 84, 84) frame (what the
 replay buffer stores) and ``info["state"]`` the flattened DMC observation (positions, velocities), the
 "true physical state" the representation probe regresses on. Rendering is headless (``MUJOCO_GL=egl``).
@@ -17,12 +18,59 @@ from collections import deque
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["make_env", "is_dmc", "ActionRepeat", "PixelFrameStack"]
+__all__ = ["make_env", "is_dmc", "dmc_domain_task", "check_env_name", "ActionRepeat", "PixelFrameStack"]
 
 
 def is_dmc(name: str) -> bool:
-    """'cartpole_swingup', 'reacher_easy', 'ball_in_cup_catch' ... are DMC tasks (domain_task)."""
+    """'cartpole_swingup', 'point_mass_easy', 'ball_in_cup_catch' ... are DMC tasks (domain_task); gymnasium ids
+    carry a version ('Pendulum-v1')."""
     return "_" in name and "-v" not in name
+
+
+def _suite():
+    """``dm_control.suite``, imported headless (``MUJOCO_GL=egl``: dm_control picks its renderer at import)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    # torch imports triton lazily (first optimiser, or Lightning Fabric's import); loading triton after dm_control
+    # has loaded EGL segfaults, so force that import first.
+    import torch._dynamo  # noqa: F401
+    from dm_control import suite
+
+    return suite
+
+
+def dmc_domain_task(name: str) -> tuple[str, str]:
+    """Split a DMC task name into (domain, task) against the suite's own list: the longest domain that prefixes
+    ``name`` and has that task ('point_mass_easy' -> ('point_mass', 'easy'), 'ball_in_cup_catch' ->
+    ('ball_in_cup', 'catch')). An unknown name raises ``ValueError`` naming close matches."""
+    suite = _suite()
+
+    tasks = set(suite.ALL_TASKS)
+    for domain in sorted({d for d, _ in tasks}, key=len, reverse=True):
+        if name.startswith(domain + "_") and (domain, name[len(domain) + 1:]) in tasks:
+            return domain, name[len(domain) + 1:]
+    import difflib
+
+    names = sorted(f"{d}_{t}" for d, t in tasks)
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else "e.g. cartpole_swingup, point_mass_easy, walker_walk"
+    raise ValueError(f"unknown DMC task {name!r} ({hint})")
+
+
+def check_env_name(name: str) -> None:
+    """Raise :class:`core.app.InputError` for a task name that names no DMC task / gymnasium id (cheap: builds no
+    environment)."""
+    from core.app import InputError
+
+    if is_dmc(name):
+        try:
+            dmc_domain_task(name)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        return
+    try:
+        gym.spec(name)
+    except gym.error.Error as e:
+        raise InputError(f"unknown environment {name!r}: {e}") from None
 
 
 class ActionRepeat(gym.Wrapper):
@@ -112,18 +160,10 @@ class RescaleAction(gym.ActionWrapper):
 def make_env(name: str, seed: int, image_size: int = 84, frame_stack: int = 3, action_repeat: int = 2) -> gym.Env:
     """A DMC pixel task (``domain_task``) or a gymnasium state task (``Id-vN``, continuous actions)."""
     if is_dmc(name):
-        os.environ.setdefault("MUJOCO_GL", "egl")
-        # torch imports triton lazily (first optimiser); loading triton after an EGL context exists
-        # segfaults, so force that import before the renderer starts.
-        import torch._dynamo  # noqa: F401
-        from dm_control import suite
+        suite = _suite()
         from shimmy import DmControlCompatibilityV0
 
-        domain, task = name.split("_", 1)
-        if domain == "ball" and task.startswith("in_cup"):
-            domain, task = "ball_in_cup", task[len("in_cup_"):]
-        if (domain, task) not in suite.ALL_TASKS:
-            raise ValueError(f"unknown DMC task {name!r} (e.g. cartpole_swingup, reacher_easy, walker_walk)")
+        domain, task = dmc_domain_task(name)
         camera = 2 if domain == "quadruped" else 0
         env = DmControlCompatibilityV0(
             suite.load(domain, task, task_kwargs={"random": seed}), render_mode="rgb_array",

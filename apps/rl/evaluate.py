@@ -1,92 +1,123 @@
-"""Evaluation entry points: the offline comparison (TACO / CPC / random encoder) and one online agent."""
+"""The verbs' work: fit / evaluate the offline encoders (TACO / CPC / random) or the online agents, and their
+reports (the runner's ``report.json`` / ``report.md``) with plots beside them."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Any
 
+import matplotlib
 import numpy as np
 
-from apps.rl.config import RLConfig
 from apps.rl.data import load_rollouts, resolve_data
-from apps.rl.offline import evaluate_offline, offline_dir
-from apps.rl.online import online_run_dir, score_online, train_online
-from apps.rl.report import plt, write_report
+from apps.rl.envs import make_env
+from apps.rl.offline import OfflineData, evaluate_encoder, load_encoder, prepare_offline, pretrain
+from apps.rl.online import agent_dir, score_agent, train_agent
+from apps.rl.probe import MIN_PROBE_EPISODES
+from apps.rl.settings import AGENT_NAMES, RLSettings
+from core.app import Run, read_json, write_json
 
-__all__ = ["fit_offline", "evaluate_offline_report", "fit_online", "evaluate_online_report"]
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["fit_offline", "evaluate_offline", "fit_online", "evaluate_online", "LABELS"]
 
 LABELS = {"taco": "TACO", "cpc": "CPC", "random": "random encoder"}
 
 
-def _methods(cfg: RLConfig) -> list[str]:
-    return [m for m in cfg.methods if m != "random"] + ["random"]
+def _methods(s: RLSettings) -> list[str]:
+    """The methods of the offline comparison: the chosen ones, then the random encoder (the baseline)."""
+    return [m for m in s.methods if m != "random"] + ["random"]
 
 
-def _datasets(cfg: RLConfig):
-    return [load_rollouts(p, cfg.max_episodes) for p in resolve_data(cfg.data)]
+def _offline_data(s: RLSettings) -> list[OfflineData]:
+    """Every data set, read, checked, rendered and split (before anything is written)."""
+    out = []
+    for path in resolve_data(s.data):
+        ro = load_rollouts(path, s.max_episodes)
+        out.append(prepare_offline(ro, s.image_size, s.test_fraction, s.multistep, s.nstep, s.gamma,
+                                   s.cpc_seq_len, s.seed))
+    names = [d.rollouts.name for d in out]
+    if len(set(names)) != len(names):
+        from core.app import InputError
+
+        raise InputError(f"data sets with the same name {sorted(names)}: rename the files")
+    return out
 
 
-def fit_offline(cfg: RLConfig) -> list[Path]:
-    """Pre-train every method on every data set (resuming); returns the data sets' run directories."""
-    from apps.rl.offline import prepare_offline, pretrain
+def _report_dir(run: Run) -> Path:
+    return Path(run.report_dir or run.run_dir.path)
 
-    outs = []
-    for ro in _datasets(cfg):
-        out = offline_dir(cfg.run_dir, ro.name)
-        seq_len = cfg.cpc_seq_len if "cpc" in cfg.methods else 0
-        data = prepare_offline(ro, cfg.image_size, cfg.test_fraction, cfg.multistep, cfg.nstep, cfg.gamma,
-                               seq_len, cfg.seed)
-        for m in cfg.methods:
+
+# ---- offline ------------------------------------------------------------------------------------------------
+def fit_offline(run: Run) -> None:
+    """Pre-train every method on every data set (resuming)."""
+    s = run.settings
+    datasets = _offline_data(s)
+    run.claim()
+    fabric = run.hardware.fabric()
+    for data in datasets:
+        for m in s.methods:
             if m != "random":
-                pretrain(m, data, cfg, out)
-        outs.append(out)
-    return outs
+                pretrain(run, fabric, m, data)
+                run.log(f"pre-trained {m} on {data.rollouts.name}: {run.run_dir.method_dir(m) / data.rollouts.name}")
 
 
-def evaluate_offline_report(cfg: RLConfig, started: float | None = None) -> dict:
-    """Pre-train if needed, probe + BC every encoder on every data set, write report.json/.md and plots."""
-    t0 = started or time.perf_counter()
-    rollouts = _datasets(cfg)  # load (and validate) everything before writing anything
-    methods = _methods(cfg)
-    per: dict[str, dict] = {}
-    for ro in rollouts:
-        per[ro.name] = evaluate_offline(cfg, ro, methods, offline_dir(cfg.run_dir, ro.name))
-    out = Path(cfg.run_dir) / "offline"
-    main = methods[0]
-    single = len(per) == 1
+def evaluate_offline(run: Run) -> None:
+    """Probe + behaviour-cloning of every frozen encoder on every data set; the report and its plots."""
+    s = run.settings
+    datasets = _offline_data(s)
+    if not run.is_main:
+        return
+    methods = _methods(s)
+    per: dict[str, dict[str, Any]] = {}
+    for data in datasets:
+        res: dict[str, Any] = {}
+        for m in methods:
+            model, history = load_encoder(run, m, data)
+            res[m] = {**evaluate_encoder(s, model, data), "pretrain_steps": history["step"],
+                      "loss_curve": history["losses"]}
+        ro = data.rollouts
+        res["_dataset"] = {"episodes": len(ro.episodes), "steps": ro.steps, "train_episodes": len(data.train_ids),
+                           "test_episodes": len(data.test_ids),
+                           "expert_return": float(np.mean([e.rewards.sum() for e in ro.episodes])),
+                           "task": ro.task, "discrete": ro.discrete}
+        per[ro.name] = res
+    folder = _report_dir(run)
+    report = run.report("state_probe_r2", higher_is_better=True,
+                        title="rl offline: " + " vs ".join(LABELS[m] for m in methods))
+    refused = set()
+    for name, res in per.items():
+        d = res["_dataset"]
+        for m in methods:
+            r = res[m]
+            metrics = {"state_probe_r2": r["state_probe_r2"]}
+            if "bc_return_mean" in r:
+                metrics.update(return_mean=r["bc_return_mean"], return_std=r["bc_return_std"])
+            metrics.update(env_steps=d["steps"], pretrain_steps=r["pretrain_steps"])
+            report.add(m, metrics, seed=s.seed, dataset=name, baseline=m == "random")
+            if r["probe_refused"]:
+                refused.add(f"{name}: {r['probe_refused']}")
+    report.plots = [_plot_bars(folder, per, methods), _plot_losses(folder, per, methods)]
+    report.extra = {"datasets": {k: v["_dataset"] for k, v in per.items()},
+                    "state_probe_r2_per_dim": {k: {m: v[m]["state_probe_r2_per_dim"] for m in methods}
+                                               for k, v in per.items()},
+                    "bc_returns": {k: {m: v[m].get("bc_returns") for m in methods} for k, v in per.items()}}
+    report.notes += [
+        "state_probe_r2: ridge probe from the frozen latent z = G(f(o_t)) (3 rendered frames) to the true state, "
+        "fitted on the training episodes, R^2 = 1 - MSE/Var on the held-out episodes, mean over state dimensions "
+        f"(not reported below {MIN_PROBE_EPISODES} episodes or with fewer training samples than 2 x features)",
+        "return_mean / return_std: behaviour-cloning policy (MLP on the frozen z) rolled out in the gymnasium task "
+        f"from rendered frames, {s.bc_episodes} episode(s); the data set's expert return: "
+        + ", ".join(f"{k} {v['_dataset']['expert_return']:.1f}" for k, v in per.items()),
+        "env_steps: transitions in the data set; pretrain_steps: TACO / CPC pre-training steps reached "
+        "(the random encoder is untrained)",
+        *sorted(refused)]
+    run.write_report(report, folder)
+    run.log(f"report: {folder / 'report.md'}")
 
-    def metrics_of(method: str) -> dict:
-        m: dict[str, float] = {}
-        for name, res in per.items():
-            r, d = res[method], res["_dataset"]
-            vals = {"return_mean": r.get("bc_return_mean", float("nan")),
-                    "return_std": r.get("bc_return_std", float("nan")),
-                    "env_steps": d["steps"], "state_probe_r2": r["state_probe_r2"]}
-            m.update(vals if single else {f"{name}/{k}": v for k, v in vals.items()})
-        if not single:
-            m["state_probe_r2"] = float(np.mean([res[method]["state_probe_r2"] for res in per.values()]))
-        return m
 
-    plots = [_plot_bars(out, per, methods), _plot_losses(out, per, methods)]
-    report = {"app": "rl", "dataset": "+".join(per), "method": main, "metrics": metrics_of(main),
-              "baselines": {m: metrics_of(m) for m in methods[1:]},
-              "seconds": time.perf_counter() - t0, "config": cfg.to_dict(),
-              "datasets": {k: v["_dataset"] for k, v in per.items()},
-              "per_dim_r2": {k: {m: v[m]["state_probe_r2_per_dim"] for m in methods} for k, v in per.items()},
-              "plots": [str(p) for p in plots]}
-    notes = ["state_probe_r2: ridge probe from the frozen 50-d latent z = G(f(o_t)) (3 rendered frames) to the "
-             "true state, fitted on training episodes, R^2 = 1 - MSE/Var on held-out episodes, mean over state "
-             "dimensions",
-             "return_mean / return_std: behaviour-cloning policy (MLP on the frozen z) rolled out in the "
-             f"gymnasium task from rendered frames, {cfg.bc_episodes} episodes; the dataset's expert return: "
-             + ", ".join(f"{k} {v['_dataset']['expert_return']:.1f}" for k, v in per.items()),
-             "env_steps: transitions in the data set"]
-    write_report(out, report, "Offline representations: " + " vs ".join(LABELS[m] for m in methods), notes)
-    print(f"[rl] report: {out / 'report.json'}")
-    return report
-
-
-def _plot_bars(out: Path, per: dict, methods: list[str]) -> Path:
+def _plot_bars(out: Path, per: dict, methods: list[str]) -> str:
     """Probe R^2 per data set and method; then one panel per data set with the BC returns and the expert's."""
     out.mkdir(parents=True, exist_ok=True)
     names = list(per)
@@ -94,7 +125,8 @@ def _plot_bars(out: Path, per: dict, methods: list[str]) -> Path:
     w = 0.8 / len(methods)
     for j, m in enumerate(methods):
         x = np.arange(len(names)) + j * w
-        axes[0].bar(x, [per[n][m]["state_probe_r2"] for n in names], w, label=LABELS[m])
+        axes[0].bar(x, [per[n][m]["state_probe_r2"] if per[n][m]["state_probe_r2"] is not None else np.nan
+                        for n in names], w, label=LABELS[m])
     axes[0].set_xticks(np.arange(len(names)) + 0.4 - w / 2, names)
     axes[0].set_title("state-probe R^2 (held-out episodes)")
     axes[0].legend()
@@ -109,62 +141,128 @@ def _plot_bars(out: Path, per: dict, methods: list[str]) -> Path:
         ax.legend()
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    path = out / "offline_probe_bc.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(out / "offline_probe_bc.png", dpi=110)
     plt.close(fig)
-    return path
+    return "offline_probe_bc.png"
 
 
-def _plot_losses(out: Path, per: dict, methods: list[str]) -> Path:
+def _plot_losses(out: Path, per: dict, methods: list[str]) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     for n, res in per.items():
         for m in methods:
             losses = res[m].get("loss_curve")
             if losses:
                 k = max(len(losses) // 50, 1)
-                sm = np.convolve(losses, np.ones(k) / k, mode="valid")
-                ax.plot(sm, label=f"{n} {LABELS[m]}")
+                ax.plot(np.convolve(losses, np.ones(k) / k, mode="valid"), label=f"{n} {LABELS[m]}")
     ax.set(xlabel="pre-training step", ylabel="loss (smoothed)", title="offline pre-training")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
-    path = out / "offline_pretrain_loss.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(out / "offline_pretrain_loss.png", dpi=110)
     plt.close(fig)
-    return path
+    return "offline_pretrain_loss.png"
 
 
-def fit_online(cfg: RLConfig) -> Path:
-    return train_online(cfg, cfg.aux, cfg.seed)
+# ---- online -------------------------------------------------------------------------------------------------
+def _check_env(s: RLSettings) -> None:
+    """Build the environment once (a gymnasium task with discrete actions, a broken renderer ... fail here,
+    before anything is written)."""
+    make_env(s.env, s.seed, frame_stack=s.frame_stack, action_repeat=s.action_repeat).close()
 
 
-def evaluate_online_report(cfg: RLConfig, started: float | None = None) -> dict:
-    """Score one trained online agent (``--env --aux --seed``): returns, probe vs a random encoder, curve."""
-    t0 = started or time.perf_counter()
-    run = online_run_dir(cfg, cfg.aux, cfg.seed)
-    if not (run / "last.pt").exists():
-        raise FileNotFoundError(f"no trained agent in {run}: run `python -m apps.rl fit --env {cfg.env}` first")
-    s = score_online(cfg, run)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p["frames"] for p in s["curve"]], [p["return_mean"] for p in s["curve"]], "-o", label="evaluation")
-    ax.plot([p["frames"] for p in s["train_returns"]], [p["return"] for p in s["train_returns"]], ".",
-            label="training episodes")
-    ax.set(xlabel="environment frames", ylabel="return", title=f"{cfg.env} ({cfg.aux})")
-    ax.legend()
-    ax.grid(alpha=0.3)
+def fit_online(run: Run) -> None:
+    """Train (resuming) one online agent per ``--aux`` for ``--seed``."""
+    s = run.settings
+    _check_env(s)
+    run.claim()
+    fabric = run.hardware.fabric()
+    for aux in s.aux:
+        run.log(f"online {AGENT_NAMES[aux]} on {s.env}, seed {s.seed}")
+        out = train_agent(run, fabric, aux)
+        run.log(f"trained: {out}")
+
+
+def evaluate_online(run: Run) -> None:
+    """Score every ``--aux`` agent of ``--seed`` (return, state probe vs an untrained encoder), plot the learning
+    curves, write the report."""
+    s = run.settings
+    missing = [agent_dir(run, a) for a in s.aux if not (agent_dir(run, a) / "last.pt").is_file()
+               and not (agent_dir(run, a) / "last.prev.pt").is_file()]
+    if missing:
+        from core.app import InputError
+
+        raise InputError(f"no trained agent in {missing[0]}: run `python -m apps.rl fit --env {s.env}` with the "
+                         "same options first")
+    if not run.is_main:
+        return
+    scores = {aux: _cached_score(s, agent_dir(run, aux)) for aux in s.aux}
+    folder = _report_dir(run)
+    report = run.report("return_mean", higher_is_better=True,
+                        title=f"rl online {s.env}: " + " vs ".join(AGENT_NAMES[a] for a in s.aux))
+    report.data = s.env
+    refused = set()
+    for aux, sc in scores.items():
+        report.add(AGENT_NAMES[aux], {k: sc[k] for k in (
+            "return_mean", "return_std", "env_steps", "state_probe_r2", "state_probe_r2_random_encoder",
+            "env_steps_per_second")}, seed=s.seed, dataset=s.env, baseline=aux == "none" and len(s.aux) > 1)
+        if sc["probe_refused"]:
+            refused.add(sc["probe_refused"])
+    report.plots = [_plot_curves(folder, s, scores)]
+    report.extra = {"curves": {AGENT_NAMES[a]: sc["curve"] for a, sc in scores.items()},
+                    "state_probe_r2_per_dim": {AGENT_NAMES[a]: sc["state_probe_r2_per_dim"]
+                                               for a, sc in scores.items()},
+                    "updates": {AGENT_NAMES[a]: sc["updates"] for a, sc in scores.items()}}
+    report.notes += [
+        f"return_mean / return_std: the deterministic policy over {s.eval_episodes} evaluation episode(s); "
+        f"env_steps counts frames (action repeat {s.action_repeat}) reached in training",
+        f"state_probe_r2: ridge probe from the agent's latent state (critic trunk) to the task's state (positions, "
+        f"velocities) over the steps of {s.probe_episodes} episodes of the trained policy, fitted on three "
+        f"quarters of the episodes, R^2 on the rest; random encoder = an untrained agent's trunk on the same "
+        f"observations; not reported below {MIN_PROBE_EPISODES} episodes",
+        f"env_steps_per_second: training wall time incl. updates and rendering, {run.hardware.world_size} "
+        "process(es)",
+        *sorted(refused)]
+    run.write_report(report, folder)
+    run.log(f"report: {folder / 'report.md'}")
+
+
+def _cached_score(s: RLSettings, out: Path) -> dict:
+    """:func:`score_agent`, cached in ``score.json`` for the same checkpoint step and evaluation options."""
+    from apps.rl.online import load_agent
+
+    _, ck = load_agent(out / "last.pt")
+    key = {"agent_steps": ck["counters"]["step"], "updates": ck["counters"]["updates"],
+           "eval_episodes": s.eval_episodes, "probe_episodes": s.probe_episodes}
+    cache = out / "score.json"
+    if cache.is_file():
+        try:
+            got = read_json(cache)
+            if got.get("key") == key:
+                return got["score"]
+        except Exception:  # noqa: BLE001 - a damaged cache is recomputed
+            pass
+    score = score_agent(s, out)
+    write_json(cache, {"key": key, "score": score})
+    return score
+
+
+def _plot_curves(out: Path, s: RLSettings, scores: dict[str, dict]) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"none": "tab:blue", "taco": "tab:red", "cpc": "tab:green"}
+    for aux, sc in scores.items():
+        axes[0].plot([p["frames"] for p in sc["curve"]], [p["return_mean"] for p in sc["curve"]], "-o",
+                     color=colors[aux], label=AGENT_NAMES[aux])
+        tr = sc["train_returns"]
+        axes[1].plot([p["frames"] for p in tr], [p["return"] for p in tr], "-", color=colors[aux],
+                     label=AGENT_NAMES[aux])
+    axes[0].set(xlabel="environment frames", ylabel="evaluation return", title=f"{s.env}: evaluation, seed {s.seed}")
+    axes[1].set(xlabel="environment frames", ylabel="training episode return", title="training episodes")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    plot = run / "learning_curve.png"
-    fig.savefig(plot, dpi=110)
+    fig.savefig(out / "learning_curves.png", dpi=110)
     plt.close(fig)
-    metrics = {k: s[k] for k in ("return_mean", "return_std", "env_steps", "state_probe_r2",
-                                 "env_steps_per_second")}
-    name = {"none": "drqv2", "taco": "drqv2+taco", "cpc": "drqv2+cpc"}[cfg.aux]
-    report = {"app": "rl", "dataset": cfg.env, "method": name, "metrics": metrics,
-              "baselines": {"random_encoder": {"state_probe_r2": s["state_probe_r2_random_encoder"]}},
-              "seconds": time.perf_counter() - t0, "config": cfg.to_dict(), "curve": s["curve"],
-              "plots": [str(plot)]}
-    write_report(run, report, f"Online {cfg.env}: {name}, seed {cfg.seed}",
-                 ["env_steps counts frames (action repeat included); env_steps_per_second is training wall time "
-                  "on this machine"])
-    print(f"[rl] report: {run / 'report.json'}")
-    return report
+    return "learning_curves.png"

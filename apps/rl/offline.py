@@ -4,7 +4,10 @@ Pipeline for one ``.npz`` of rollouts: render the states to grayscale frames (or
 store every episode once in a :class:`ReplayBuffer` (frames uint8, stack of 3 rebuilt at sampling time),
 split episodes into train / held-out, pre-train the conv encoder + state projection G with the TACO loss
 (InfoNCE of (z_t, u_t..u_{t+K-1}) against z_{t+K}, + CURL + reward prediction) or CPC (GRU context over
-z_t..z_{t+T-1} predicting z_{t+k}), on Lightning Fabric, checkpointing atomically (an interrupted run resumes).
+z_t..z_{t+T-1} predicting z_{t+k}), on Lightning Fabric (the runner's hardware: with ``--devices 2`` every rank
+samples its own batches and the gradients are averaged), checkpointing every ``checkpoint_every`` steps to
+``<run-dir>/<method>/seed<S>/<dataset>/last.pt`` (the previous one kept as ``last.prev.pt``; weights, optimiser,
+step, losses, and every rank's generator states: a resumed run continues exactly).
 
 Evaluation of each frozen encoder (TACO, CPC, and an untrained random encoder as the baseline):
 
@@ -18,27 +21,37 @@ Evaluation of each frozen encoder (TACO, CPC, and an untrained random encoder as
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.fabric import Fabric
 from torch import nn
 from tqdm.auto import tqdm
 
 from apps.rl.agent import AgentConfig, CPCHead, Encoder, TACOHead, random_shift
+from apps.rl.checkpoints import (
+    all_agree,
+    average_gradients,
+    check_in_sync,
+    gather_to_main,
+    load_newest_intact,
+    rank,
+    save_rotating,
+    world,
+)
 from apps.rl.data import Rollouts, render_states
 from apps.rl.probe import state_probe_r2
 from apps.rl.replay import ReplayBuffer
+from core.app import CheckpointError, InputError, Run
 from core.training import seed_everything
+from core.training.rng import capture_rng_state, restore_rng_state, seed_all, step_seed
 
-__all__ = ["OfflineData", "prepare_offline", "RepresentationModel", "pretrain", "features", "train_bc",
-           "bc_return", "evaluate_offline", "offline_dir"]
+__all__ = ["OfflineData", "prepare_offline", "RepresentationModel", "pretrain", "load_encoder", "features",
+           "train_bc", "bc_return", "evaluate_encoder", "encoder_dir"]
 
 FRAME_STACK = 3
 
@@ -52,8 +65,9 @@ class OfflineData:
     frames: list[np.ndarray]  # per episode (L+1, 1, S, S) uint8
 
 
-def offline_dir(run_dir: str, name: str) -> Path:
-    return Path(run_dir) / "offline" / name
+def encoder_dir(run: Run, method: str, dataset: str) -> Path:
+    """``<run-dir>/<method>/seed<S>/<dataset>``."""
+    return run.run_dir.method_dir(method) / dataset
 
 
 def prepare_offline(rollouts: Rollouts, image_size: int, test_fraction: float, multistep: int, nstep: int,
@@ -66,7 +80,7 @@ def prepare_offline(rollouts: Rollouts, image_size: int, test_fraction: float, m
     n_test = max(1, int(round(test_fraction * len(order))))
     test_ids, train_ids = sorted(order[:n_test].tolist()), sorted(order[n_test:].tolist())
     if not train_ids:
-        raise ValueError(f"{rollouts.path}: {len(order)} episode(s) leave none for training after the held-out split")
+        raise InputError(f"{rollouts.path}: {len(order)} episode(s) leave none for training after the held-out split")
     buf = ReplayBuffer(10**9, FRAME_STACK, nstep, gamma, multistep=multistep, seq_len=seq_len, seed=seed)
     for i in train_ids:
         ep = rollouts.episodes[i]
@@ -75,7 +89,7 @@ def prepare_offline(rollouts: Rollouts, image_size: int, test_fraction: float, m
             discounts[-1] = 0.0
         buf.add_episode(frames[i], ep.actions, ep.rewards, discounts)
     if len(buf) == 0:
-        raise ValueError(f"{rollouts.path}: training episodes are shorter than the sampling horizon "
+        raise InputError(f"{rollouts.path}: training episodes are shorter than the sampling horizon "
                          f"({buf.horizon} steps)")
     return OfflineData(rollouts, buf, train_ids, test_ids, frames)
 
@@ -121,52 +135,90 @@ def build_model(method: str, data: OfflineData, cfg) -> RepresentationModel:
                                _acfg(cfg))
 
 
-def pretrain(method: str, data: OfflineData, cfg, out: Path) -> RepresentationModel:
-    """Pre-train (resuming from ``out/<method>.pt``); ``method='random'`` returns the untrained model."""
-    seed_everything(cfg.seed)
-    model = build_model(method, data, cfg)
-    if method == "random":
-        return model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    fabric = Fabric(accelerator="cpu", devices=1)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr * 10)
-    model, opt = fabric.setup(model, opt)
-    ckpt_path = out / f"{method}.pt"
-    state = {"step": 0, "losses": []}
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        data.train.rng = np.random.default_rng(cfg.seed + state["step"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if state["step"] < cfg.pretrain_steps:
-            print(f"[rl] resuming {method} pre-training at step {state['step']}")
+def _check_checkpoint(ck: Any) -> None:
+    if not isinstance(ck, dict) or ck.get("format") != 1 or "model" not in ck:
+        raise CheckpointError("not a checkpoint of this app's offline pre-training")
+
+
+def pretrain(run: Run, fabric: Any, method: str, data: OfflineData) -> None:
+    """Pre-train ``method`` on ``data`` for ``pretrain_steps`` (resuming from its checkpoint)."""
+    s = run.settings
+    out = encoder_dir(run, method, data.rollouts.name)
+    r, w = rank(), world()
+    seed_everything(s.seed)  # the same initial weights on every rank (and as the random baseline)
+    model = build_model(method, data, s)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr * 10)
+    _, fopt = run.hardware.setup_module(fabric, model, opt)
+    average_gradients(opt)
+    step, losses = 0, []
+    found = load_newest_intact(out / "last.pt", check=_check_checkpoint)
+    if found is not None:
+        ck, path = found
+        if len(ck["ranks"]) != w:
+            raise InputError(f"{path} was written by {len(ck['ranks'])} process(es); resume it with as many "
+                             f"(--devices x --num-nodes), not {w}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, losses = int(ck["step"]), ck["losses"].tolist()
+        data.train.set_rng_state(ck["ranks"][r]["replay_rng"])
+        restore_rng_state(ck["ranks"][r]["rng"])
+        if step < s.pretrain_steps:
+            run.log(f"resuming {method} pre-training on {data.rollouts.name} at step {step}")
+    else:
+        data.train.rng = np.random.default_rng([s.seed, r])  # every rank samples its own batches
+        seed_all(step_seed(s.seed, 0, r))
 
     def save() -> None:
-        tmp = ckpt_path.with_suffix(".pt.tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
-                    "torch_rng": torch.get_rng_state(), "method": method}, tmp)
-        tmp.replace(ckpt_path)
+        parts = gather_to_main({"rng": capture_rng_state(), "replay_rng": data.train.rng_state()})
+        if parts is not None:
+            save_rotating(out / "last.pt", {"format": 1, "method": method, "dataset": data.rollouts.name,
+                                            "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                            "step": step, "losses": torch.tensor(losses, dtype=torch.float64),
+                                            "ranks": parts})
 
-    bar = tqdm(total=cfg.pretrain_steps, initial=state["step"], desc=f"{data.rollouts.name} {method}",
-               disable=not cfg.progress)
-    while state["step"] < cfg.pretrain_steps:
-        # CPC: a quarter as many sequences (each of cpc_seq_len steps, all B*T latents are candidates)
-        batch = cfg.pretrain_batch_size if method == "taco" else max(2, cfg.pretrain_batch_size // 4)
-        loss, parts = model.loss(data.train.sample(batch))
-        opt.zero_grad(set_to_none=True)
+    bar = tqdm(total=s.pretrain_steps, initial=min(step, s.pretrain_steps), desc=f"{data.rollouts.name} {method}",
+               disable=not (s.progress and r == 0))
+    # CPC: a quarter as many sequences (each of cpc_seq_len steps, all B*T latents are candidates)
+    batch_size = s.pretrain_batch_size if method == "taco" else max(2, s.pretrain_batch_size // 4)
+    stopped = False
+    while step < s.pretrain_steps:
+        if run.hardware.deadline is not None and all_agree(run.hardware.remaining_seconds() <= 0, fabric.device,
+                                                           "any"):
+            run.log(f"{method}: --max-minutes reached at pre-training step {step}; checkpointed, re-run to continue")
+            stopped = True
+            break
+        batch = {k: v.to(fabric.device) for k, v in data.train.sample(batch_size, seq=method == "cpc").items()}
+        loss, parts = model.loss(batch)
+        fopt.zero_grad(set_to_none=True)
         fabric.backward(loss)
-        opt.step()
-        state["step"] += 1
-        state["losses"].append(float(loss.detach()))
+        fopt.step()
+        step += 1
+        losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
-        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.pretrain_steps:
+        if step % s.checkpoint_every == 0 or step == s.pretrain_steps:
             save()
     bar.close()
-    raw = model.module if hasattr(model, "module") else model
-    return raw.eval()
+    check_in_sync(model, f"{method} pre-training on {data.rollouts.name}")
+    if stopped:
+        save()
+
+
+def load_encoder(run: Run, method: str, data: OfflineData) -> tuple[RepresentationModel, dict]:
+    """The frozen encoder of ``method`` on ``data`` (the random baseline: the untrained model) on the CPU, and
+    ``{"step": ..., "losses": [...]}`` of its pre-training."""
+    s = run.settings
+    seed_everything(s.seed)
+    model = build_model(method, data, s)
+    if method == "random":
+        return model.eval(), {"step": 0, "losses": []}
+    out = encoder_dir(run, method, data.rollouts.name)
+    found = load_newest_intact(out / "last.pt", check=_check_checkpoint)
+    if found is None:
+        raise InputError(f"no pre-trained {method} encoder for {data.rollouts.name} in {out}: run `python -m "
+                         "apps.rl fit` with the same options first")
+    model.load_state_dict(found[0]["model"])
+    return model.eval(), {"step": int(found[0]["step"]), "losses": found[0]["losses"].tolist()}
 
 
 def stacks(frames: np.ndarray) -> np.ndarray:
@@ -232,35 +284,19 @@ def bc_return(model: RepresentationModel, head: nn.Module, rollouts: Rollouts, i
     return returns
 
 
-def evaluate_offline(cfg, rollouts: Rollouts, methods: list[str], out: Path) -> dict:
-    """Pre-train every method (resuming), then probe + BC each frozen encoder; returns per-method metrics."""
-    seq_len = cfg.cpc_seq_len if "cpc" in methods else 0
-    data = prepare_offline(rollouts, cfg.image_size, cfg.test_fraction, cfg.multistep, cfg.nstep, cfg.gamma,
-                           seq_len, cfg.seed)
-    results = {}
-    for method in methods:
-        t0 = time.perf_counter()
-        model = pretrain(method, data, cfg, out)
-        seconds = time.perf_counter() - t0
-        z_tr, s_tr, a_tr, g_tr = features(model, data, data.train_ids)
-        z_te, s_te, _, g_te = features(model, data, data.test_ids)
-        # probe: fit on training episodes, score on the held-out ones (split_by_group holds out the last ids)
-        probe = state_probe_r2(np.concatenate([z_tr, z_te]), np.concatenate([s_tr, s_te]),
-                               np.concatenate([np.zeros(len(g_tr)), np.ones(len(g_te))]), test_fraction=0.5)
-        res = {"state_probe_r2": probe["r2"], "state_probe_r2_per_dim": probe["per_dim"],
-               "pretrain_seconds": seconds}
-        if rollouts.task is not None:
-            head = train_bc(z_tr, a_tr, rollouts.discrete, cfg.bc_epochs, cfg.seed)
-            rets = bc_return(model, head, rollouts, cfg.image_size, cfg.bc_episodes, cfg.seed + 1000)
-            res.update(bc_return_mean=float(np.mean(rets)), bc_return_std=float(np.std(rets)), bc_returns=rets)
-        if method != "random":
-            ck = torch.load(out / f"{method}.pt", map_location="cpu", weights_only=False)
-            res["loss_curve"] = ck["state"]["losses"]
-        results[method] = res
-    results["_dataset"] = {"episodes": len(rollouts.episodes), "steps": rollouts.steps,
-                           "train_episodes": len(data.train_ids), "test_episodes": len(data.test_ids),
-                           "expert_return": float(np.mean([e.rewards.sum() for e in rollouts.episodes])),
-                           "task": rollouts.task, "discrete": rollouts.discrete}
-    (out / "results.json").write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "loss_curve"}
-                                                  for k, v in results.items()}, indent=1))
-    return results
+def evaluate_encoder(s: Any, model: RepresentationModel, data: OfflineData) -> dict:
+    """State probe (fit on the training episodes, scored on the held-out ones) and behaviour-cloning return of
+    one frozen encoder."""
+    rollouts = data.rollouts
+    z_tr, s_tr, a_tr, g_tr = features(model, data, data.train_ids)
+    z_te, s_te, _, g_te = features(model, data, data.test_ids)
+    probe = state_probe_r2(np.concatenate([z_tr, z_te]), np.concatenate([s_tr, s_te]),
+                           np.concatenate([g_tr, g_te]),
+                           test_mask=np.concatenate([np.zeros(len(g_tr), bool), np.ones(len(g_te), bool)]))
+    res: dict[str, Any] = {"state_probe_r2": probe["r2"], "state_probe_r2_per_dim": probe["per_dim"],
+                           "probe_refused": probe.get("refused")}
+    if rollouts.task is not None:
+        head = train_bc(z_tr, a_tr, rollouts.discrete, s.bc_epochs, s.seed)
+        rets = bc_return(model, head, rollouts, s.image_size, s.bc_episodes, s.seed + 1000)
+        res.update(bc_return_mean=float(np.mean(rets)), bc_return_std=float(np.std(rets)), bc_returns=rets)
+    return res

@@ -43,6 +43,8 @@ class ReplayBuffer:
         self.multistep, self.seq_len = multistep, seq_len
         self.horizon = max(nstep, multistep, seq_len - 1)  # steps after t that a sample needs
         self.episodes: deque[dict[str, np.ndarray]] = deque()
+        self.episode_ids: deque[int] = deque()  # a running number per stored episode (checkpoint file names)
+        self.next_id = 0
         self.num_frames = 0
         self.rng = np.random.default_rng(seed)
         self._frames: list[np.ndarray] = []
@@ -65,18 +67,27 @@ class ReplayBuffer:
         self._discounts.append(float(discount))
         self._frames.append(np.asarray(frame))
 
-    def end_episode(self) -> None:
-        """Store the current episode (if it has at least one step) and evict the oldest beyond capacity."""
+    def end_episode(self) -> int | None:
+        """Store the current episode (if it has at least one step) and evict the oldest beyond capacity; returns
+        the stored episode's id (``None`` when there was nothing to store)."""
         if not self._actions:
-            return
-        frames = np.stack(self._frames)
-        ep = {"frames": frames, "actions": np.stack(self._actions), "rewards": np.asarray(self._rewards, np.float32),
-              "discounts": np.asarray(self._discounts, np.float32)}
-        self.episodes.append(ep)
-        self.num_frames += len(frames)
+            return None
+        ep = {"frames": np.stack(self._frames), "actions": np.stack(self._actions),
+              "rewards": np.asarray(self._rewards, np.float32), "discounts": np.asarray(self._discounts, np.float32)}
         self._frames, self._actions, self._rewards, self._discounts = [], [], [], []
+        ep_id = self.next_id
+        self.store(ep_id, ep)
+        return ep_id
+
+    def store(self, ep_id: int, ep: dict[str, np.ndarray]) -> None:
+        """Append a complete episode under ``ep_id`` (ids increase), evicting the oldest beyond capacity."""
+        self.episodes.append(ep)
+        self.episode_ids.append(ep_id)
+        self.next_id = max(self.next_id, ep_id + 1)
+        self.num_frames += len(ep["frames"])
         while self.num_frames > self.capacity and len(self.episodes) > 1:
             self.num_frames -= len(self.episodes.popleft()["frames"])
+            self.episode_ids.popleft()
 
     def add_episode(self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                     discounts: np.ndarray | None = None) -> None:
@@ -86,6 +97,37 @@ class ReplayBuffer:
         for i in range(len(actions)):
             self.add(actions[i], rewards[i], d[i], frames[i + 1])
         self.end_episode()
+
+    # -- checkpoints: tensors and plain values only ---------------------------------------------------
+    def pending(self) -> dict[str, torch.Tensor]:
+        """The episode being recorded (frames so far, actions, rewards, discounts) as tensors."""
+        a = np.stack(self._actions) if self._actions else np.zeros((0, 0), np.float32)
+        f = np.stack(self._frames) if self._frames else np.zeros((0,), np.uint8)
+        return {"frames": torch.from_numpy(f), "actions": torch.from_numpy(a),
+                "rewards": torch.tensor(self._rewards, dtype=torch.float64),
+                "discounts": torch.tensor(self._discounts, dtype=torch.float64)}
+
+    def set_pending(self, p: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`pending`."""
+        self._frames = list(p["frames"].numpy())
+        self._actions = list(p["actions"].numpy())
+        self._rewards = [float(r) for r in p["rewards"].tolist()]
+        self._discounts = [float(d) for d in p["discounts"].tolist()]
+
+    def rng_state(self) -> dict:
+        """The sampling generator's state (plain values)."""
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    @staticmethod
+    def episode_tensors(ep: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ep.items()}
+
+    @staticmethod
+    def episode_arrays(ep: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in ep.items()}
 
     # -- reading ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -110,8 +152,9 @@ class ReplayBuffer:
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         return [(int(e), int(f - starts[e])) for e, f in zip(ep_idx, flat, strict=True)]
 
-    def sample_at(self, picks: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
-        """The batch of the given (episode, step) pairs (see the module docstring for the fields)."""
+    def sample_at(self, picks: list[tuple[int, int]], seq: bool = True) -> dict[str, torch.Tensor]:
+        """The batch of the given (episode, step) pairs (see the module docstring for the fields; ``seq=False``
+        leaves out ``obs_seq``)."""
         n, K = self.nstep, self.multistep
         out: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "discount", "next_obs",
                                                 "action_seq", "obs_k", "obs_seq")}
@@ -129,12 +172,12 @@ class ReplayBuffer:
             out["next_obs"].append(self.stack(f, t + n))
             out["action_seq"].append(a[t:t + K])
             out["obs_k"].append(self.stack(f, t + K))
-            if self.seq_len:
+            if self.seq_len and seq:
                 out["obs_seq"].append(np.stack([self.stack(f, t + i) for i in range(self.seq_len)]))
         batch = {k: torch.from_numpy(np.stack(v)) for k, v in out.items() if v}
         batch["reward"] = batch["reward"].float()
         batch["discount"] = batch["discount"].float()
         return batch
 
-    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        return self.sample_at(self._index(batch_size))
+    def sample(self, batch_size: int, seq: bool = True) -> dict[str, torch.Tensor]:
+        return self.sample_at(self._index(batch_size), seq=seq)

@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
-from apps.rl.config import RLConfig
-from apps.rl.evaluate import LABELS, evaluate_offline_report
-from core.tour import register_tour
+from apps.rl.evaluate import LABELS
+from core.app import read_json
+from core.tour import mode_name, register_tour
 
 __all__ = ["rl_tour"]
 
 
 @register_tour("rl")
 def rl_tour(out_dir: Path, quick: bool) -> list[dict]:
-    """Pre-train TACO and CPC offline, probe the frozen encoders; one row per (metric, method) vs random."""
+    """Pre-train TACO and CPC offline, probe the frozen encoders; one row per (data set, method) vs random."""
+    from apps.rl.__main__ import APP
+
     t0 = time.perf_counter()
-    base = RLConfig.quick() if quick else RLConfig()
-    cfg = dataclasses.replace(base, run_dir=str(out_dir), progress=False).validate()
-    report = evaluate_offline_report(cfg, started=t0)
+    argv = ["run", "--run-dir", str(out_dir), "--no-progress"] + (["--quick"] if quick else [])
+    rc = APP.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"python -m apps.rl {' '.join(argv)} exited with status {rc}")
+    report = read_json(Path(out_dir) / "report.json", "rl report")
     seconds = time.perf_counter() - t0
-    rnd = report["baselines"]["random"]
+    value = {(r["dataset"], r["method"]): r["metrics"].get("state_probe_r2") for r in report["rows"]}
     rows = []
-    for i, method in enumerate([report["method"]] + [m for m in report["baselines"] if m != "random"]):
-        m = report["metrics"] if i == 0 else report["baselines"][method]
-        rows.append({"app": f"rl ({LABELS[method]})", "dataset": f"{report['dataset']} rollouts (rendered)",
-                     "metric": "state-probe R^2", "value": m["state_probe_r2"],
-                     "baseline": rnd["state_probe_r2"], "baseline_name": "random encoder", "higher_is_better": True,
-                     "full_mode_ref": "docs/apps/rl.md", "seconds": seconds,
-                     **({"plots": report["plots"]} if i == 0 else {})})
+    for dataset in dict.fromkeys(r["dataset"] for r in report["rows"]):
+        for method in (r["method"] for r in report["rows"] if r["dataset"] == dataset and r["method"] != "random"):
+            rows.append({"app": f"rl ({LABELS[method]})", "dataset": f"{dataset} rollouts (rendered)",
+                         "metric": "state-probe R^2", "value": value[(dataset, method)],
+                         "baseline": value.get((dataset, "random")), "baseline_name": "random encoder",
+                         "higher_is_better": True, "full_mode_ref": "docs/apps/rl.md", "mode": mode_name(quick),
+                         "seconds": seconds})
+    if rows:
+        rows[0]["plots"] = [str(Path(out_dir) / p) for p in report["plots"]]
     return rows

@@ -6,5 +6,5 @@ babble (:mod:`apps.speaker.features`) -> thin ResNet-34 or small ECAPA-TDNN on l
 (:mod:`apps.speaker.model`) -> NT-Xent / InfoNCE with additive (AM) or angular (AAM) positive margins, symmetric or
 not (:func:`core.losses.nt_xent`, :func:`core.losses.info_nce`; optional MoCo queue from :mod:`core.negatives`) ->
 cosine scoring of trials -> EER and normalised minDCF (:mod:`apps.speaker.metrics`) against the MFCC and
-untrained-encoder baselines. Entry point: ``python -m apps.speaker {fit,evaluate,run,ablation,embed} --help``.
+untrained-encoder baselines. Entry point: ``python -m apps.speaker {fit,evaluate,run,sweep,embed,prepare} --help``.
 """

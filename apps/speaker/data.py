@@ -24,7 +24,6 @@ The aliases ``librispeech`` and ``fsdd`` name the embedded defaults in ``shared_
 from __future__ import annotations
 
 import csv
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from core.app import InputError, write_text
+
 __all__ = [
-    "DataError", "SAMPLE_RATE", "AUDIO_EXTENSIONS", "SHARED", "ALIASES", "Utterance", "Collection",
+    "SAMPLE_RATE", "AUDIO_EXTENSIONS", "SHARED", "ALIASES", "Utterance", "Collection",
     "resolve_path", "load_collection", "read_audio", "split_speakers", "Trials", "read_trials", "write_trials",
     "balanced_trials", "Segment", "make_segments", "segment_trials",
 ]
@@ -43,10 +44,6 @@ SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 SHARED = Path(__file__).resolve().parents[2] / "shared_data" / "speaker"
 ALIASES = {"librispeech": SHARED / "librispeech", "fsdd": SHARED / "fsdd"}
-
-
-class DataError(ValueError):
-    """Bad input data or settings; the message names the file (and line) at fault."""
 
 
 @dataclass
@@ -94,7 +91,7 @@ def resolve_path(data: str | Path) -> tuple[str, Path]:
         return str(data), ALIASES[str(data)]
     p = Path(data)
     if not p.exists():
-        raise DataError(f"data path {p} does not exist")
+        raise InputError(f"data path {p} does not exist")
     return (p.stem if p.is_file() else p.name) or "data", p
 
 
@@ -103,12 +100,12 @@ def read_audio(path: Path) -> np.ndarray:
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
-        raise DataError(f"{path}: cannot read audio ({e})") from e
+        raise InputError(f"{path}: cannot read audio ({e})") from e
     x = x.mean(axis=1)
     if x.size == 0:
-        raise DataError(f"{path}: empty audio file")
+        raise InputError(f"{path}: empty audio file")
     if not np.isfinite(x).all():
-        raise DataError(f"{path}: audio contains non-finite samples")
+        raise InputError(f"{path}: audio contains non-finite samples")
     if sr != SAMPLE_RATE:
         import torchaudio.functional as AF
 
@@ -128,11 +125,11 @@ def _from_tree(root: Path) -> list[Utterance]:
 def _from_csv(path: Path) -> list[Utterance]:
     text = path.read_text(errors="replace").splitlines()
     if not text:
-        raise DataError(f"{path}: empty manifest")
+        raise InputError(f"{path}: empty manifest")
     reader = csv.reader(text)
     header = [h.strip().lower() for h in next(reader)]
     if "path" not in header or "speaker" not in header:
-        raise DataError(f"{path} line 1: the manifest header must name the columns 'path' and 'speaker', "
+        raise InputError(f"{path} line 1: the manifest header must name the columns 'path' and 'speaker', "
                         f"got {header}")
     ip, isp = header.index("path"), header.index("speaker")
     utts = []
@@ -140,13 +137,13 @@ def _from_csv(path: Path) -> list[Utterance]:
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) <= max(ip, isp):
-            raise DataError(f"{path} line {line_no}: expected {len(header)} columns, got {len(row)}")
+            raise InputError(f"{path} line {line_no}: expected {len(header)} columns, got {len(row)}")
         rel, spk = row[ip].strip(), row[isp].strip()
         if not rel or not spk:
-            raise DataError(f"{path} line {line_no}: empty path or speaker")
+            raise InputError(f"{path} line {line_no}: empty path or speaker")
         f = Path(rel) if Path(rel).is_absolute() else path.parent / rel
         if not f.is_file():
-            raise DataError(f"{path} line {line_no}: audio file {f} does not exist")
+            raise InputError(f"{path} line {line_no}: audio file {f} does not exist")
         utts.append(Utterance(f, spk, rel))
     return utts
 
@@ -155,15 +152,15 @@ def _from_pattern(root: Path, pattern: str) -> list[Utterance]:
     try:
         rx = re.compile(pattern)
     except re.error as e:
-        raise DataError(f"speaker pattern {pattern!r} is not a valid regular expression ({e})") from e
+        raise InputError(f"speaker pattern {pattern!r} is not a valid regular expression ({e})") from e
     if rx.groups < 1:
-        raise DataError(f"speaker pattern {pattern!r} needs a group (...) capturing the speaker")
+        raise InputError(f"speaker pattern {pattern!r} needs a group (...) capturing the speaker")
     utts = []
     for f in sorted(root.rglob("*")):
         if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS:
             m = rx.search(f.stem)
             if m is None or not m.group(1):
-                raise DataError(f"{f}: the file name does not match the speaker pattern {pattern!r}")
+                raise InputError(f"{f}: the file name does not match the speaker pattern {pattern!r}")
             utts.append(Utterance(f, m.group(1), f.relative_to(root).as_posix()))
     return utts
 
@@ -174,34 +171,34 @@ def load_collection(data: str | Path, *, min_speakers: int = 2, speaker_pattern:
     name, p = resolve_path(data)
     if speaker_pattern:
         if not p.is_dir():
-            raise DataError(f"{p}: a speaker pattern needs a folder of audio files")
+            raise InputError(f"{p}: a speaker pattern needs a folder of audio files")
         utts = _from_pattern(p, speaker_pattern)
         if not utts:
-            raise DataError(f"{p}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+            raise InputError(f"{p}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
         root = p
     elif p.is_dir():
         utts = _from_tree(p)
         if not utts:
-            raise DataError(f"{p}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in ROOT/<speaker>/... "
+            raise InputError(f"{p}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in ROOT/<speaker>/... "
                             "sub-folders")
         root = p
     elif p.suffix.lower() == ".csv":
         utts = _from_csv(p)
         if not utts:
-            raise DataError(f"{p}: the manifest lists no files")
+            raise InputError(f"{p}: the manifest lists no files")
         root = p.parent
     else:
-        raise DataError(f"{p}: expected a folder ROOT/<speaker>/*.wav|flac|ogg or a CSV manifest (path,speaker)")
+        raise InputError(f"{p}: expected a folder ROOT/<speaker>/*.wav|flac|ogg or a CSV manifest (path,speaker)")
     n_spk = len({u.speaker for u in utts})
     if n_spk < min_speakers:
-        raise DataError(f"{p}: {n_spk} speaker(s); at least {min_speakers} are needed")
+        raise InputError(f"{p}: {n_spk} speaker(s); at least {min_speakers} are needed")
     return Collection(name, root, utts)
 
 
 def split_speakers(speakers: list[str], n_holdout: int, seed: int) -> tuple[list[str], list[str]]:
     """(training speakers, held-out speakers): ``n_holdout`` drawn at random with ``seed``."""
     if n_holdout < 0 or n_holdout > len(speakers) - 2:
-        raise DataError(f"holdout_speakers={n_holdout} leaves fewer than 2 of {len(speakers)} speakers to train on")
+        raise InputError(f"holdout_speakers={n_holdout} leaves fewer than 2 of {len(speakers)} speakers to train on")
     rng = np.random.default_rng(seed)
     held = set(rng.choice(len(speakers), size=n_holdout, replace=False).tolist()) if n_holdout else set()
     return ([s for i, s in enumerate(speakers) if i not in held], [s for i, s in enumerate(speakers) if i in held])
@@ -220,7 +217,7 @@ def read_trials(path: Path, keys: list[str]) -> Trials:
     """Parse a VoxCeleb trial list (``label enroll test``) against the items named ``keys``."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"trial list {path} does not exist")
+        raise InputError(f"trial list {path} does not exist")
     index = {k: i for i, k in enumerate(keys)}
     lab, en, te = [], [], []
     for line_no, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
@@ -228,27 +225,28 @@ def read_trials(path: Path, keys: list[str]) -> Trials:
         if not parts:
             continue
         if len(parts) != 3:
-            raise DataError(f"{path} line {line_no}: expected 'label enroll test', got {line.strip()!r}")
+            raise InputError(f"{path} line {line_no}: expected 'label enroll test', got {line.strip()!r}")
         if parts[0] not in ("0", "1"):
-            raise DataError(f"{path} line {line_no}: label must be 0 or 1, got {parts[0]!r}")
+            raise InputError(f"{path} line {line_no}: label must be 0 or 1, got {parts[0]!r}")
         for k in parts[1:]:
             if k not in index:
-                raise DataError(f"{path} line {line_no}: {k!r} is not a file of the evaluation data")
+                raise InputError(f"{path} line {line_no}: {k!r} is not a file of the evaluation data")
         lab.append(int(parts[0]))
         en.append(index[parts[1]])
         te.append(index[parts[2]])
     if not lab:
-        raise DataError(f"{path}: no trials")
+        raise InputError(f"{path}: no trials")
     labels = np.asarray(lab)
     if labels.min() == labels.max():
-        raise DataError(f"{path}: trials need both target (1) and non-target (0) labels")
+        raise InputError(f"{path}: trials need both target (1) and non-target (0) labels")
     return Trials(labels, np.asarray(en), np.asarray(te), keys)
 
 
 def write_trials(trials: Trials, path: Path) -> None:
+    """Write ``trials`` as a VoxCeleb list (atomically, main process only)."""
     lines = [f"{int(lab)} {trials.keys[e]} {trials.keys[t]}"
              for lab, e, t in zip(trials.labels, trials.enroll, trials.test, strict=True)]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def balanced_trials(speakers: list[str], keys: list[str], n_per_class: int, seed: int) -> Trials:
@@ -263,9 +261,9 @@ def balanced_trials(speakers: list[str], keys: list[str], n_per_class: int, seed
     pos = np.flatnonzero(is_target)
     neg = np.flatnonzero(~is_target)
     if len(pos) == 0:
-        raise DataError("no two utterances share a speaker: cannot build target trials (give a trial list)")
+        raise InputError("no two utterances share a speaker: cannot build target trials (give a trial list)")
     if len(neg) == 0:
-        raise DataError("a single speaker: cannot build non-target trials")
+        raise InputError("a single speaker: cannot build non-target trials")
     k = min(n_per_class, len(pos), len(neg))
     chosen = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
     chosen = chosen[rng.permutation(len(chosen))]
@@ -298,7 +296,3 @@ def segment_trials(segs: list[Segment], n_per_class: int, seed: int) -> Trials:
     """Balanced trials between segments: targets are segments of the same speaker, non-targets of others."""
     return balanced_trials([s.speaker for s in segs], [s.key for s in segs], n_per_class, seed)
 
-
-def check_finite(name: str, x: float) -> None:
-    if not math.isfinite(x):
-        raise DataError(f"{name} must be finite, got {x}")

@@ -1,20 +1,21 @@
 """Evaluation: trial lists, embeddings, cosine scoring, EER / minDCF, baselines, report and plots.
 
-Evaluation sets: ``--eval-data`` (default: the embedded FSDD speakers, never seen in training) with a given
-trial list or a balanced one drawn from its speaker labels, and the held-out speakers of ``--data`` with
-trials between non-overlapping segments of their utterances. Every set is scored with cosine similarity for
+The run's report (``<run-dir>/report.json``) scores ``--test-data`` (default: the embedded FSDD speakers, never
+seen in training) with a given trial list or a balanced one drawn from its speaker labels, and the held-out
+speakers of ``--data`` with trials between non-overlapping segments of their utterances. ``evaluate --eval-data
+OTHER`` scores OTHER alone and writes its report to ``<run-dir>/eval/<name>/``. Every set is scored with cosine
+similarity for
 
-* the trained encoder (method = ``--loss``);
+* the trained encoder of each loss of ``--losses``;
 * ``untrained``: the same architecture at its random initialisation (same seed);
 * ``mfcc``: MFCC mean-and-standard-deviation vectors (same mel band as the encoder), standardised with the training
-  utterances' statistics.
+  utterances' statistics (so this baseline moves a little with the training set, see the report's notes).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +23,9 @@ import numpy as np
 import torch
 import torchaudio
 
-from apps.speaker.config import SpeakerConfig
+from apps.speaker.config import SpeakerSettings
 from apps.speaker.data import (
     SAMPLE_RATE,
-    DataError,
     Trials,
     balanced_trials,
     load_collection,
@@ -36,9 +36,10 @@ from apps.speaker.data import (
 )
 from apps.speaker.metrics import cosine_scores, error_rates, verification_metrics
 from apps.speaker.model import build_encoder
-from apps.speaker.train import Experiment, check_run_dir, crop, fit, load_encoder
+from apps.speaker.train import Experiment, crop, load_encoder
+from core.app import InputError, Report, Run, is_main_process, read_json
 
-__all__ = ["EvalSet", "eval_sets", "embed_waves", "MFCCStats", "evaluate", "METHOD_NAMES"]
+__all__ = ["EvalSet", "eval_sets", "embed_waves", "MFCCStats", "evaluate_encoders", "METHOD_NAMES", "BASELINES"]
 
 METHOD_NAMES = {
     "mfcc": "MFCC mean+std, cosine", "untrained": "untrained encoder, cosine",
@@ -46,7 +47,9 @@ METHOD_NAMES = {
     "am": "NT-Xent-AM, non-symmetric", "am_sym": "NT-Xent-AM, symmetric",
     "aam": "NT-Xent-AAM, non-symmetric", "aam_sym": "NT-Xent-AAM, symmetric",
 }
+BASELINES = ("mfcc", "untrained")
 MIN_SECONDS = 0.5  # shorter items are repeated to this length before embedding
+METRICS = ("eer", "min_dcf_p01", "min_dcf_p05")
 
 
 @dataclass
@@ -58,32 +61,42 @@ class EvalSet:
     n_speakers: int
 
 
-def eval_sets(cfg: SpeakerConfig, exp: Experiment) -> list[EvalSet]:
-    """The evaluation sets of the run (see the module docstring); trial lists are drawn with ``cfg.seed``."""
+def _labelled_set(s: SpeakerSettings, data: str, pattern: str | None) -> EvalSet:
+    """A collection of unseen speakers with a trial list (``--trials``) or balanced trials from its labels."""
+    cap = int(s.eval_max_seconds * SAMPLE_RATE)
+    col = load_collection(data, min_speakers=1 if s.trials else 2, speaker_pattern=pattern)
+    col.load_audio(progress=s.progress and is_main_process())
+    keys = [u.key for u in col.utterances]
+    if s.trials:
+        trials = read_trials(Path(s.trials), keys)
+        how = f"trial list {s.trials}"
+    else:
+        trials = balanced_trials([u.speaker for u in col.utterances], keys, s.n_trials, s.seed)
+        how = f"balanced trials drawn from the speaker labels (seed {s.seed})"
+    return EvalSet(col.name, f"{len(col.utterances)} utterances of {len(col.speakers)} speakers, {how}",
+                   [a[:cap] for a in col.audio], trials, len(col.speakers))
+
+
+def eval_sets(s: SpeakerSettings, exp: Experiment) -> list[EvalSet]:
+    """The sets to score: ``--eval-data`` alone when given, else ``--test-data`` (unless 'none') and the held-out
+    speakers of ``--data``; trial lists are drawn with ``s.seed``."""
+    if s.eval_data:
+        return [_labelled_set(s, s.eval_data, s.eval_speaker_pattern)]
     sets = []
-    cap = int(cfg.eval_max_seconds * SAMPLE_RATE)
-    if cfg.eval_data.lower() != "none":
-        col = load_collection(cfg.eval_data, min_speakers=1 if cfg.trials else 2,
-                              speaker_pattern=cfg.eval_speaker_pattern).load_audio(progress=cfg.progress)
-        keys = [u.key for u in col.utterances]
-        if cfg.trials:
-            trials = read_trials(Path(cfg.trials), keys)
-            how = f"trial list {cfg.trials}"
-        else:
-            trials = balanced_trials([u.speaker for u in col.utterances], keys, cfg.n_trials, cfg.seed)
-            how = f"balanced trials drawn from the speaker labels (seed {cfg.seed})"
-        sets.append(EvalSet(col.name, f"{len(col.utterances)} utterances of {len(col.speakers)} speakers, {how}",
-                            [a[:cap] for a in col.audio], trials, len(col.speakers)))
+    if s.test_data.lower() != "none":
+        sets.append(_labelled_set(s, s.test_data, s.test_speaker_pattern))
     if exp.heldout is not None:
-        segs = make_segments(exp.heldout, cfg.segment_seconds)
-        trials = segment_trials(segs, cfg.n_trials, cfg.seed)
+        segs = make_segments(exp.heldout, s.segment_seconds)
+        trials = segment_trials(segs, s.n_trials, s.seed)
         sets.append(EvalSet("heldout", f"{len(exp.heldout.speakers)} {exp.dataset} speakers held out of training: "
-                            f"{len(segs)} non-overlapping {cfg.segment_seconds:g}-s segments, balanced trials "
-                            f"(seed {cfg.seed})",
-                            [exp.heldout.audio[s.utt][s.start:s.stop] for s in segs], trials,
+                            f"{len(segs)} non-overlapping {s.segment_seconds:g}-s segments, balanced trials "
+                            f"(seed {s.seed})",
+                            [exp.heldout.audio[g.utt][g.start:g.stop] for g in segs], trials,
                             len(exp.heldout.speakers)))
     if not sets:
-        raise DataError("nothing to evaluate: --eval-data none and --holdout-speakers 0")
+        raise InputError("nothing to evaluate: --test-data none and --holdout-speakers 0")
+    if len({es.name for es in sets}) < len(sets):
+        raise InputError(f"--test-data is named {sets[0].name!r} like the held-out set; rename its folder")
     return sets
 
 
@@ -130,29 +143,26 @@ class MFCCStats:
         return (self.raw(waves) - self.mu) / self.sd
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _plots(root: Path, scores: dict[str, dict[str, np.ndarray]], sets: list[EvalSet], method: str) -> list[Path]:
+def _plots(folder: Path, scores: dict[str, dict[str, np.ndarray]], sets: list[EvalSet],
+           losses: list[str]) -> list[str]:
+    """DET curves (every method, one panel per set), score histograms (every loss x set) and, with several losses,
+    EER by method; returns the file names (written on the main process only)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy.stats import norm
 
-    paths = []
+    names = []
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4.4), squeeze=False)
     ticks = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8])
     for ax, es in zip(axes[0], sets, strict=True):
-        for m, s in scores[es.name].items():
-            _, fnr, fpr = error_rates(s, es.trials.labels)
+        for m, sc in scores[es.name].items():
+            _, fnr, fpr = error_rates(sc, es.trials.labels)
             eps = 1e-3
             ax.plot(norm.ppf(np.clip(fpr, eps, 1 - eps)), norm.ppf(np.clip(fnr, eps, 1 - eps)),
-                    label=f"{m} (EER {verification_metrics(s, es.trials.labels)['eer']:.1%})",
-                    lw=2 if m == method else 1)
+                    label=f"{m} (EER {verification_metrics(sc, es.trials.labels)['eer']:.1%})",
+                    lw=1 if m in BASELINES else 2, ls=":" if m in BASELINES else "-")
         ax.set_xticks(norm.ppf(ticks), [f"{t:.0%}" for t in ticks])
         ax.set_yticks(norm.ppf(ticks), [f"{t:.0%}" for t in ticks])
         lim = norm.ppf([0.005, 0.9])
@@ -165,106 +175,110 @@ def _plots(root: Path, scores: dict[str, dict[str, np.ndarray]], sets: list[Eval
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    p = root / "det.png"
-    fig.savefig(p, dpi=110)
+    names.append("det.png")
+    fig.savefig(folder / names[-1], dpi=110)
     plt.close(fig)
-    paths.append(p)
-    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
-    for ax, es in zip(axes[0], sets, strict=True):
-        s, y = scores[es.name][method], es.trials.labels.astype(bool)
-        bins = np.linspace(min(s.min(), -0.2), 1.0, 50)
-        ax.hist(s[y], bins=bins, alpha=0.6, label="target", density=True)
-        ax.hist(s[~y], bins=bins, alpha=0.6, label="non-target", density=True)
-        ax.set_title(f"{method} cosine scores: {es.name}", fontsize=9)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(losses), len(sets), figsize=(5 * len(sets), 3.2 * len(losses)), squeeze=False)
+    for row, loss in zip(axes, losses, strict=True):
+        for ax, es in zip(row, sets, strict=True):
+            sc, y = scores[es.name][loss], es.trials.labels.astype(bool)
+            bins = np.linspace(min(sc.min(), -0.2), 1.0, 50)
+            ax.hist(sc[y], bins=bins, alpha=0.6, label="target", density=True)
+            ax.hist(sc[~y], bins=bins, alpha=0.6, label="non-target", density=True)
+            ax.set_title(f"{loss} cosine scores: {es.name}", fontsize=9)
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    p = root / "score_histograms.png"
-    fig.savefig(p, dpi=110)
+    names.append("score_histograms.png")
+    fig.savefig(folder / names[-1], dpi=110)
     plt.close(fig)
-    paths.append(p)
-    return paths
+    if len(losses) > 1:
+        methods = [*BASELINES, *losses]
+        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.6))
+        x = np.arange(len(methods))
+        w = 0.8 / len(sets)
+        for i, es in enumerate(sets):
+            eers = [100 * verification_metrics(scores[es.name][m], es.trials.labels)["eer"] for m in methods]
+            ax.bar(x + i * w, eers, w, label=es.name)
+        ax.set_xticks(x + w * (len(sets) - 1) / 2, methods, rotation=30, fontsize=8)
+        ax.set_ylabel("EER (%)")
+        ax.legend(fontsize=8)
+        ax.set_title("EER by method (lower is better)", fontsize=9)
+        fig.tight_layout()
+        names.append("eer_by_method.png")
+        fig.savefig(folder / names[-1], dpi=110)
+        plt.close(fig)
+    return names
 
 
-def _markdown(report: dict, sets: list[EvalSet], plots: list[Path]) -> str:
-    method = report["method"]
-    methods = [method, *report["baselines"]]
-    allm = {method: report["metrics"], **report["baselines"]}
-    lines = [f"# Speaker verification: {report['dataset']}", "",
-             f"Encoder trained without speaker labels with `{method}` ({METHOD_NAMES.get(method, method)}); "
-             "cosine scoring. EER interpolated on the ROC; minDCF normalised (C_miss = C_fa = 1).", ""]
-    for es in sets:
-        lines += [f"## {es.name}: {es.description}", "", "| method | EER | minDCF (p=0.01) | minDCF (p=0.05) |",
-                  "|---|---|---|---|"]
-        for m in methods:
-            r = allm[m]
-            lines.append(f"| {m} | {r[f'{es.name}_eer']:.2%} | {r[f'{es.name}_min_dcf_p01']:.4f} | "
-                         f"{r[f'{es.name}_min_dcf_p05']:.4f} |")
-        rel = report["relative_eer_reduction_vs_mfcc"][es.name]
-        lines += ["", f"Relative EER reduction of `{method}` vs the MFCC baseline: {rel:+.1%} "
-                  "(the goal is >= +25% on unseen speakers).", ""]
-    tr = report.get("train") or {}
-    if tr:
-        lines += [f"Training: {tr.get('epochs')} epochs, {tr.get('utterances_per_second', float('nan')):.1f} "
-                  f"utterances/s ({tr.get('device')}, {tr.get('threads')} threads).", ""]
-    lines += [f"Wall time of this command: {report['seconds']:.0f} s.", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
-    return "\n".join(lines) + "\n"
+def _device(run: Run) -> torch.device:
+    """Where this rank embeds: its GPU when the run trains on GPUs, else the CPU."""
+    if run.hardware.on_cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
 
-def evaluate(cfg: SpeakerConfig, exp: Experiment, *, train: bool = False, log=print,
-             started: float | None = None) -> dict:
-    """Score every evaluation set with the trained encoder and the baselines; write the report into
-    ``exp.root``. With ``train=True`` the encoder is fitted first when missing. Returns the report dict."""
-    t0 = started if started is not None else time.perf_counter()
-    check_run_dir(cfg, exp.root, write=train)
-    sets = eval_sets(cfg, exp)  # before training: a bad evaluation set or trial list fails at once
-    enc_path = fit(cfg, exp, log) if train else exp.root / "encoder.pt"
-    encoder = load_encoder(enc_path)
-    torch.manual_seed(cfg.seed)
-    untrained = build_encoder(cfg.encoder_spec()).eval()
-    cap = int(cfg.eval_max_seconds * SAMPLE_RATE)
-    mfcc = MFCCStats(cfg.mfcc_coeffs, [a[:cap] for a in exp.train.audio], cfg.f_max)
-    embedders = {cfg.loss: lambda w, n: embed_waves(encoder, w, cfg.progress, f"{n}: {cfg.loss}"),
-                 "untrained": lambda w, n: embed_waves(untrained, w, cfg.progress, f"{n}: untrained"),
-                 "mfcc": lambda w, n: mfcc(w)}
-    metrics: dict[str, dict[str, float]] = {m: {} for m in embedders}
+def evaluate_encoders(run: Run, exp: Experiment, sets: list[EvalSet], log: Callable[[str], None]) -> Report:
+    """Score ``sets`` with the trained encoder of every loss and the baselines; write the report, plots and trial
+    lists to ``run.report_dir`` (``--eval-data``) or the run directory. Every rank scores, rank 0 writes."""
+    s = run.settings
+    folder = run.report_dir or run.run_dir.path
+    device = _device(run)
+    progress = s.progress and run.is_main
+    encoders = {loss: load_encoder(run.run_dir.method_dir(loss) / "encoder.pt").to(device) for loss in s.losses}
+    torch.manual_seed(s.seed)
+    untrained = build_encoder(s.encoder_spec()).eval().to(device)
+    cap = int(s.eval_max_seconds * SAMPLE_RATE)
+    mfcc = MFCCStats(s.mfcc_coeffs, [a[:cap] for a in exp.train.audio], s.f_max)
+    embedders: dict[str, Callable[[list[np.ndarray], str], np.ndarray]] = {
+        loss: (lambda w, n, e=enc, m=loss: embed_waves(e, w, progress, f"{n}: {m}")) for loss, enc in
+        encoders.items()}
+    embedders["untrained"] = lambda w, n: embed_waves(untrained, w, progress, f"{n}: untrained")
+    embedders["mfcc"] = lambda w, n: mfcc(w)
+    report = run.report("eer", higher_is_better=False, title="Speaker verification")
     scores: dict[str, dict[str, np.ndarray]] = {}
-    for i, es in enumerate(sets):
+    eers: dict[str, dict[str, float]] = {m: {} for m in embedders}
+    for es in sets:
         scores[es.name] = {}
         for m, fn in embedders.items():
             emb = fn(es.waves, es.name)
             if not np.isfinite(emb).all():
-                raise DataError(f"{m}: non-finite embeddings on {es.name} (a diverged encoder?)")
-            s = cosine_scores(emb, es.trials.enroll, es.trials.test)
-            scores[es.name][m] = s
-            r = verification_metrics(s, es.trials.labels)
-            metrics[m].update({f"{es.name}_{k}": v for k, v in r.items()})
-            if i == 0:
-                metrics[m].update({k: r[k] for k in ("eer", "min_dcf_p01", "min_dcf_p05")})
-        log(f"[speaker] {es.name}: " + ", ".join(f"{m} EER {metrics[m][f'{es.name}_eer']:.2%}" for m in embedders))
-    stats_path = exp.root / "train_stats.json"
-    report = {
-        "app": "speaker",
-        "dataset": f"{exp.dataset} (train) -> " + ", ".join(es.name for es in sets),
-        "method": cfg.loss,
-        "metrics": metrics[cfg.loss],
-        "baselines": {m: metrics[m] for m in ("mfcc", "untrained")},
-        "seconds": 0.0,
-        "config": cfg.to_dict(),
-        "eval_sets": {es.name: {"description": es.description, "n_items": len(es.waves),
-                                "n_speakers": es.n_speakers, "n_trials": len(es.trials.labels),
-                                "trials_file": f"trials_{es.name}.txt"} for es in sets},
-        "relative_eer_reduction_vs_mfcc": {
-            es.name: 1 - metrics[cfg.loss][f"{es.name}_eer"] / max(metrics["mfcc"][f"{es.name}_eer"], 1e-12)
-            for es in sets},
-        "train": json.loads(stats_path.read_text()) if stats_path.is_file() else None,
-    }
-    plots = _plots(exp.root, scores, sets, cfg.loss)
-    for es in sets:
-        write_trials(es.trials, exp.root / f"trials_{es.name}.txt")
-    report["seconds"] = time.perf_counter() - t0
-    _write_atomic(exp.root / "report.json", json.dumps(report, indent=2))
-    _write_atomic(exp.root / "report.md", _markdown(report, sets, plots))
-    report["plots"] = [str(p) for p in plots]
-    log(f"[speaker] report: {exp.root / 'report.json'}, {exp.root / 'report.md'}")
+                raise InputError(f"{m}: non-finite embeddings on {es.name} (a diverged encoder?)")
+            sc = cosine_scores(emb, es.trials.enroll, es.trials.test)
+            scores[es.name][m] = sc
+            r = verification_metrics(sc, es.trials.labels)
+            eers[m][es.name] = r["eer"]
+            report.add(m, {k: r[k] for k in METRICS}, seed=s.seed, dataset=es.name, baseline=m in BASELINES)
+        log(f"{es.name}: " + ", ".join(f"{m} EER {eers[m][es.name]:.2%}" for m in embedders))
+    relative = {loss: {es.name: 1 - eers[loss][es.name] / max(eers["mfcc"][es.name], 1e-12) for es in sets}
+                for loss in s.losses}
+    train = {}
+    for loss in s.losses:
+        path = run.run_dir.method_dir(loss) / "train_stats.json"
+        train[loss] = read_json(path, "training statistics") if path.is_file() else None
+    report.notes += [f"{es.name}: {es.description}; {len(es.trials.labels)} trials (trials_{es.name}.txt)"
+                     for es in sets]
+    report.notes.append("cosine scoring; EER interpolated on the ROC; minDCF normalised (C_miss = C_fa = 1) at "
+                        "p_target 0.01 and 0.05")
+    report.notes += [f"relative EER reduction of {loss} ({METHOD_NAMES[loss]}) vs the MFCC baseline: "
+                     + ", ".join(f"{v:+.1%} on {k}" for k, v in relative[loss].items()) for loss in s.losses]
+    for loss, tr in train.items():
+        if tr:
+            report.notes.append(f"{loss} training: {tr.get('epochs')} epochs, "
+                                f"{tr.get('utterances_per_second', float('nan')):.1f} utterances/s "
+                                f"({tr.get('device')}, {tr.get('devices', 1)} device(s), {tr.get('threads')} "
+                                "thread(s) per process)")
+    report.notes.append("the MFCC baseline is standardised with the statistics of the training utterances, so it "
+                        "moves a little with --data and the held-out split (--seed)")
+    report.extra = {"eval_sets": {es.name: {"description": es.description, "n_items": len(es.waves),
+                                            "n_speakers": es.n_speakers, "n_trials": len(es.trials.labels),
+                                            "trials_file": f"trials_{es.name}.txt"} for es in sets},
+                    "relative_eer_reduction_vs_mfcc": relative, "train": train,
+                    "method_names": {m: METHOD_NAMES.get(m, m) for m in embedders}}
+    if run.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        report.plots = _plots(folder, scores, sets, list(s.losses))
+        for es in sets:
+            write_trials(es.trials, folder / f"trials_{es.name}.txt")
+    run.write_report(report, folder)
+    log(f"report: {folder / 'report.md'}")
     return report

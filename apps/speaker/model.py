@@ -1,7 +1,8 @@
 r"""Encoders (thin ResNet-34 with self-attentive pooling, small ECAPA-TDNN) and the self-supervised module.
 
-Training (:class:`SpeakerSSLModule`): two random 2-s crops of each utterance (the positives), augmented
-independently, encoded to L2-normalised embeddings; the loss is
+Training (:class:`SpeakerSSLModule`): two random 2-s crops of each utterance (the positives, drawn in the training
+step by :func:`random_crops`, so that they follow the step-seeded generators and a resumed fit repeats them),
+augmented independently, encoded to L2-normalised embeddings; the loss is
 
 * **symmetric** (SimCLR's NT-Xent, :func:`core.losses.nt_xent`): both views are anchors against the 2N - 2
   views of the other utterances;
@@ -26,7 +27,8 @@ from core.negatives.momentum import MomentumEncoder
 from core.negatives.queue import MemoryQueue
 from core.training import ContrastiveModule
 
-__all__ = ["ThinResNet34", "SmallECAPA", "SpeakerEncoder", "build_encoder", "SpeakerSSLModule", "CPCModule"]
+__all__ = ["ThinResNet34", "SmallECAPA", "SpeakerEncoder", "build_encoder", "random_crops", "SpeakerSSLModule",
+           "CPCModule"]
 
 
 # --------------------------------------------------------------------------------------- thin ResNet-34
@@ -215,10 +217,30 @@ def build_encoder(spec: dict[str, Any]) -> SpeakerEncoder:
     return SpeakerEncoder(**spec)
 
 
+def random_crops(waves: Tensor, lengths: Tensor, n: int) -> Tensor:
+    """(B, n) crops of the zero-padded utterances ``waves`` (B, T) of ``lengths`` (B,): each a window of ``n``
+    samples starting uniformly at random in ``[0, length - n]``; an utterance shorter than ``n`` is repeated
+    (wrapped) from its start. Draws from torch's global generator on the batch's device."""
+    lengths = lengths.to(waves.device).long().clamp_min(1)
+    hi = (lengths - n + 1).clamp_min(1)
+    start = (torch.rand(len(lengths), device=waves.device) * hi).long().clamp_max(hi - 1)
+    idx = (start[:, None] + torch.arange(n, device=waves.device)[None, :]) % lengths[:, None]
+    return waves.gather(1, idx)
+
+
+def _views(batch: Any, crop_samples: int | None) -> tuple[Tensor, Tensor]:
+    """The two views of a batch: ``(x1, x2)`` as given, or two random crops of ``(waves, lengths)``."""
+    if crop_samples is None:
+        return batch[0], batch[1]
+    waves, lengths = batch[0], batch[1]
+    return random_crops(waves, lengths, crop_samples), random_crops(waves, lengths, crop_samples)
+
+
 class SpeakerSSLModule(ContrastiveModule):
     """Self-supervised speaker encoder: two augmented crops per utterance, NT-Xent / InfoNCE with margins.
 
-    Batches are ``(x1, x2)``: (B, samples) crops of the same B utterances.
+    Batches are ``(x1, x2)``: (B, samples) crops of the same B utterances; or, with ``crop_samples``, ``(waves,
+    lengths)`` of whole zero-padded utterances, of which the step draws the two crops (:func:`random_crops`).
 
     Args:
         encoder_spec: arguments of :class:`SpeakerEncoder`.
@@ -228,13 +250,15 @@ class SpeakerSSLModule(ContrastiveModule):
         projector_dim: 0 = no projector (the margin papers' 2024 setting), else a 2-layer MLP to this size.
         queue_size: > 0 turns on MoCo (EMA key encoder with ``key_momentum`` + queue); needs symmetric=False.
         augment: the :class:`WaveAugment` applied to both views in training (None = no augmentation).
+        crop_samples: batches are whole utterances, cropped to this many samples in the step (None: batches are
+            the two views).
         **optim: optimiser settings of :class:`core.training.ContrastiveModule`.
     """
 
     def __init__(self, encoder_spec: dict[str, Any], *, temperature: float = 0.05, margin: float = 0.0,
                  margin_type: str = "additive", symmetric: bool = True, projector_dim: int = 0,
                  queue_size: int = 0, key_momentum: float = 0.999, augment: dict[str, float] | None = None,
-                 **optim: Any) -> None:
+                 crop_samples: int | None = None, **optim: Any) -> None:
         encoder = build_encoder(encoder_spec)
         head = None
         if projector_dim:
@@ -246,6 +270,7 @@ class SpeakerSSLModule(ContrastiveModule):
         if queue_size and symmetric:
             raise ValueError("the MoCo queue runs with the non-symmetric loss (symmetric=False)")
         self.tau, self.margin, self.margin_type, self.symmetric = temperature, margin, margin_type, symmetric
+        self.crop_samples = crop_samples
         self.augment = WaveAugment(**augment) if augment is not None else None
         self.queue = MemoryQueue(queue_size, projector_dim or encoder_spec["embed_dim"]) if queue_size else None
         self.key_encoder = None
@@ -257,12 +282,13 @@ class SpeakerSSLModule(ContrastiveModule):
         return self.tau
 
     def contrastive_step(self, batch: Any) -> dict[str, Tensor]:
-        x1, x2 = batch[0], batch[1]
+        x1, x2 = _views(batch, self.crop_samples)
         if self.training and self.augment is not None:
             x1, x2 = self.augment(x1), self.augment(x2)
         z1 = self.project(x1)
-        # gather=True: under DDP the candidates of every rank are negatives (a no-op on one process)
-        kw = dict(temperature=self.tau, margin=self.margin, margin_type=self.margin_type, gather=True)
+        # under the runner with several devices the losses' gather=None default makes the candidates of every rank
+        # negatives (core.app.hardware); on one process nothing is gathered
+        kw = dict(temperature=self.tau, margin=self.margin, margin_type=self.margin_type)
         if self.symmetric:
             z2 = self.project(x2)
             return {"loss": nt_xent(z1, z2, **kw), "z1": z1, "z2": z2}
@@ -283,18 +309,22 @@ class CPCModule(ContrastiveModule):
 
     Frame features :math:`z_t` of one crop per utterance (the backbone before pooling), a one-layer GRU context
     :math:`c_t`, and one linear predictor :math:`W_k` per step :math:`k = 1..K`; every frame of the batch is a
-    candidate. Batches are ``(x1, x2)`` like :class:`SpeakerSSLModule`'s; only ``x1`` is used.
+    candidate. Batches are like :class:`SpeakerSSLModule`'s (``crop_samples`` likewise); only the first view is
+    used.
     """
 
-    def __init__(self, encoder_spec: dict[str, Any], *, steps: int = 4, context_dim: int = 128, **optim: Any) -> None:
+    def __init__(self, encoder_spec: dict[str, Any], *, steps: int = 4, context_dim: int = 128,
+                 crop_samples: int | None = None, **optim: Any) -> None:
         encoder = build_encoder(encoder_spec)
         super().__init__(encoder, None, **optim)
         self.save_hyperparameters(ignore=["encoder", "projection_head"])
+        self.crop_samples = crop_samples
         d = encoder.backbone.frame_dim
         self.gru = nn.GRU(d, context_dim, batch_first=True)
         self.predictors = nn.ModuleList(nn.Linear(context_dim, d) for _ in range(steps))
 
     def contrastive_step(self, batch: Any) -> dict[str, Tensor]:
-        z = self.encoder.frames(batch[0]).transpose(1, 2)  # (B, T, D)
+        x = batch[0] if self.crop_samples is None else random_crops(batch[0], batch[1], self.crop_samples)
+        z = self.encoder.frames(x).transpose(1, 2)  # (B, T, D)
         context, _ = self.gru(z)
-        return {"loss": cpc(context, z, predictors=self.predictors, gather=True)}
+        return {"loss": cpc(context, z, predictors=self.predictors)}

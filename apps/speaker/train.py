@@ -1,21 +1,21 @@
-"""Self-supervised training: the speaker split, the two-crop data set and the resumable Lightning fit.
+"""Self-supervised training: the speaker split, the utterance batches and the resumable Lightning fit.
 
-Run-directory layout (``RUN_DIR/<loss>/``)::
+Run-directory layout (one folder per loss variant and seed)::
 
-    config.json                settings the artefacts were made with (a re-run with other ones is refused)
-    checkpoints/last.ckpt      Lightning checkpoints: an interrupted fit resumes from here
-    encoder.pt                 the trained encoder ({"spec": ..., "state_dict": ...}); fit is skipped when it exists
-    train_stats.json           wall time and throughput (utterances / s) of the fit
-    report.json, report.md     written by evaluate, with the plots and trial lists
+    <run-dir>/settings.json                  the settings that change the encoders (a re-run with others is refused)
+    <run-dir>/<loss>/seed<S>/checkpoints/    Lightning checkpoints: an interrupted fit resumes from the last one
+    <run-dir>/<loss>/seed<S>/encoder.pt      the trained encoder ({"spec": ..., "state_dict": ...}); fit is skipped
+                                             when it exists
+    <run-dir>/<loss>/seed<S>/train_stats.json  wall time and throughput (utterances / s) of the fit
+    <run-dir>/<loss>/seed<S>/cpc/            the optional CPC pre-training (same layout)
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +24,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
-from apps.speaker.config import VARIANTS, SpeakerConfig
-from apps.speaker.data import SAMPLE_RATE, Collection, DataError, load_collection, split_speakers
+from apps.speaker.config import VARIANTS, SpeakerSettings, margin_value
+from apps.speaker.data import SAMPLE_RATE, Collection, load_collection, split_speakers
 from apps.speaker.model import CPCModule, SpeakerEncoder, SpeakerSSLModule, build_encoder
+from core.app import CheckpointError, InputError, is_main_process, load_torch, save_torch, write_json
+from core.app.hardware import barrier
 from core.training import fit_with_resume, seed_everything
 
-__all__ = ["Experiment", "prepare", "CropPairs", "fit", "load_encoder", "save_encoder", "crop"]
+__all__ = ["Experiment", "load_experiment", "Utterances", "pad_batch", "fit_loss", "build_module", "load_encoder",
+           "save_encoder", "crop", "crop_samples"]
 
-# settings that do not change the trained encoder (may differ between fit and evaluate)
-_NON_ARTEFACT = ("eval_data", "eval_speaker_pattern", "trials", "run_dir", "n_trials", "segment_seconds",
-                 "eval_max_seconds", "mfcc_coeffs", "accelerator", "devices", "threads", "progress")
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -41,21 +42,19 @@ class Experiment:
     dataset: str
     train: Collection  # training speakers (audio loaded)
     heldout: Collection | None  # held-out speakers of the same data (audio loaded)
-    root: Path
 
 
-def prepare(cfg: SpeakerConfig) -> Experiment:
-    """Load the training data, split off the held-out speakers and lay out the run directory."""
-    cfg.validate()
-    col = load_collection(cfg.data, min_speakers=2, speaker_pattern=cfg.speaker_pattern)
-    train_spk, held_spk = split_speakers(col.speakers, cfg.holdout_speakers, cfg.seed)
-    col.load_audio(progress=cfg.progress)
+def load_experiment(s: SpeakerSettings) -> Experiment:
+    """Load the training data and split off the held-out speakers (drawn with ``s.seed``)."""
+    col = load_collection(s.data, min_speakers=2, speaker_pattern=s.speaker_pattern)
+    train_spk, held_spk = split_speakers(col.speakers, s.holdout_speakers, s.seed)
+    col.load_audio(progress=s.progress and is_main_process())
     train = col.subset(set(train_spk))
-    if len(train.utterances) < cfg.batch_size:
-        raise DataError(f"{col.root}: {len(train.utterances)} training utterances, fewer than batch_size="
-                        f"{cfg.batch_size}: lower --batch-size or --holdout-speakers")
+    if len(train.utterances) < s.batch_size * s.world_size:
+        raise InputError(f"{col.root}: {len(train.utterances)} training utterances, fewer than one batch "
+                         f"({s.batch_size} x {s.world_size} device(s)): lower --batch-size or --holdout-speakers")
     heldout = col.subset(set(held_spk)) if held_spk else None
-    return Experiment(col.name, train, heldout, Path(cfg.run_dir) / cfg.loss)
+    return Experiment(col.name, train, heldout)
 
 
 def crop(wave: np.ndarray, n: int, start: int) -> np.ndarray:
@@ -65,20 +64,28 @@ def crop(wave: np.ndarray, n: int, start: int) -> np.ndarray:
     return wave[start: start + n]
 
 
-class CropPairs(Dataset):
-    """Item i: two independent random crops of ``seconds`` of utterance i (the positive pair)."""
+class Utterances(Dataset):
+    """Item i: utterance i's waveform. Batches (:func:`pad_batch`) are whole utterances; the training step draws
+    the two random crops (:func:`apps.speaker.model.random_crops`) after the step's generators were seeded, so a
+    resumed fit draws the crops the uninterrupted one drew."""
 
-    def __init__(self, audio: list[np.ndarray], seconds: float) -> None:
-        self.audio, self.n = audio, int(seconds * SAMPLE_RATE)
+    def __init__(self, audio: list[np.ndarray]) -> None:
+        self.audio = audio
 
     def __len__(self) -> int:
         return len(self.audio)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.audio[i]
-        hi = max(1, len(a) - self.n + 1)
-        s1, s2 = torch.randint(0, hi, (2,)).tolist()
-        return torch.from_numpy(crop(a, self.n, s1).copy()), torch.from_numpy(crop(a, self.n, s2).copy())
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.audio[i])
+
+
+def pad_batch(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(waves, lengths)``: the utterances zero-padded to the longest, (B, T), and their lengths, (B,)."""
+    lengths = torch.tensor([len(x) for x in items])
+    waves = torch.zeros(len(items), int(lengths.max()))
+    for row, x in zip(waves, items, strict=True):
+        row[: len(x)] = x
+    return waves, lengths
 
 
 class _Throughput(Callback):
@@ -91,52 +98,36 @@ class _Throughput(Callback):
         self.seconds, self.steps = time.perf_counter() - self.t0, trainer.global_step - self.step0
 
 
-def build_module(cfg: SpeakerConfig) -> SpeakerSSLModule:
-    kind, sym = VARIANTS[cfg.loss]
+def build_module(s: SpeakerSettings, loss: str) -> SpeakerSSLModule:
+    kind, sym = VARIANTS[loss]
     return SpeakerSSLModule(
-        cfg.encoder_spec(), temperature=cfg.temperature, margin=cfg.margin_value(),
-        margin_type=kind or "additive", symmetric=sym, projector_dim=cfg.projector_dim, queue_size=cfg.queue_size,
-        key_momentum=cfg.key_momentum,
-        augment=dict(reverb_prob=cfg.reverb_prob, noise_prob=cfg.noise_prob, lowpass_prob=cfg.lowpass_prob),
-        optimizer="adam", lr=cfg.lr, weight_decay=cfg.weight_decay, scheduler="cosine",
-        warmup_steps=cfg.warmup_steps)
+        s.encoder_spec(), temperature=s.temperature, margin=margin_value(loss, s.margin),
+        margin_type=kind or "additive", symmetric=sym, projector_dim=s.projector_dim, queue_size=s.queue_size,
+        key_momentum=s.key_momentum,
+        augment=dict(reverb_prob=s.reverb_prob, noise_prob=s.noise_prob, lowpass_prob=s.lowpass_prob),
+        crop_samples=crop_samples(s), optimizer="adam", lr=s.lr, weight_decay=s.weight_decay, scheduler="cosine",
+        warmup_steps=s.warmup_steps)
 
 
-def _artefact_settings(cfg: SpeakerConfig) -> dict:
-    return {k: v for k, v in cfg.to_dict().items() if k not in _NON_ARTEFACT}
-
-
-def check_run_dir(cfg: SpeakerConfig, root: Path, write: bool) -> None:
-    """Refuse to mix artefacts made with other settings; record the settings on first use."""
-    path = root / "config.json"
-    mine = _artefact_settings(cfg)
-    if path.is_file():
-        theirs = {k: v for k, v in json.loads(path.read_text()).items() if k not in _NON_ARTEFACT}
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if diff:
-            raise DataError(f"{root} holds a run made with other settings ({', '.join(diff)}); use another "
-                            "--run-dir or delete it")
-    elif write:
-        root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(mine, indent=2))
+def crop_samples(s: SpeakerSettings) -> int:
+    return int(s.crop_seconds * SAMPLE_RATE)
 
 
 def save_encoder(encoder: SpeakerEncoder, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"spec": encoder.spec, "state_dict": encoder.state_dict()}, tmp)
-    os.replace(tmp, path)
+    """``{"spec", "state_dict"}`` of the encoder (tensors and plain values only), atomically, on rank 0."""
+    save_torch(path, {"spec": dict(encoder.spec), "state_dict": encoder.state_dict()})
 
 
 def load_encoder(path: str | Path) -> SpeakerEncoder:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"encoder {path} does not exist: run 'python -m apps.speaker fit' first (same options)")
+        raise InputError(f"encoder {path} does not exist: run 'python -m apps.speaker fit' first (same options)")
+    blob = load_torch(path)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         enc = build_encoder(blob["spec"])
         enc.load_state_dict(blob["state_dict"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: not an encoder saved by this app ({e})") from e
+        raise CheckpointError(f"{path}: not an encoder saved by this app ({e})") from e
     return enc.eval()
 
 
@@ -149,56 +140,75 @@ def _quiet_fit(trainer_kwargs: dict, module, loader, run_dir: Path, callbacks=()
         return fit_with_resume(trainer_kwargs, module, loader, run_dir, extra_callbacks=list(callbacks))
 
 
-def _cpc_pretrain(cfg: SpeakerConfig, exp: Experiment, loader: DataLoader, trainer_kwargs: dict, log) -> SpeakerEncoder:
-    """CPC pre-training in ``RUN_DIR/<loss>/cpc/`` (resumable; skipped when its ``encoder.pt`` exists)."""
-    root = exp.root / "cpc"
+def _capped(trainer, epochs: int, what: str, log: Log) -> bool:
+    """True (and a message) when ``--max-minutes`` stopped the fit before its last epoch."""
+    if trainer.current_epoch >= epochs:
+        return False
+    log(f"{what}: stopped by --max-minutes after {trainer.current_epoch} of {epochs} epochs; re-run with a larger "
+        "cap to resume from the last checkpoint")
+    return True
+
+
+def _cpc_pretrain(s: SpeakerSettings, root: Path, loader: DataLoader, trainer_kwargs: dict,
+                  log: Log) -> SpeakerEncoder | None:
+    """CPC pre-training in ``root`` (resumable; skipped when its ``encoder.pt`` exists); None when capped."""
     out = root / "encoder.pt"
     if out.is_file():
-        log(f"[speaker] CPC pre-trained encoder found at {out}")
+        log(f"CPC pre-trained encoder found at {out}")
         return load_encoder(out).train()
-    seed_everything(cfg.seed)
-    module = CPCModule(cfg.encoder_spec(), steps=cfg.cpc_steps, optimizer="adam", lr=cfg.lr,
-                       weight_decay=cfg.weight_decay, scheduler="cosine", warmup_steps=cfg.warmup_steps)
-    log(f"[speaker] CPC pre-training: {cfg.cpc_epochs} epochs, K = {cfg.cpc_steps}")
-    _quiet_fit({**trainer_kwargs, "max_epochs": cfg.cpc_epochs}, module, loader, root)
-    root.mkdir(parents=True, exist_ok=True)
+    seed_everything(s.seed)
+    module = CPCModule(s.encoder_spec(), steps=s.cpc_steps, crop_samples=crop_samples(s), optimizer="adam", lr=s.lr,
+                       weight_decay=s.weight_decay, scheduler="cosine", warmup_steps=s.warmup_steps)
+    log(f"CPC pre-training: {s.cpc_epochs} epochs, K = {s.cpc_steps}")
+    trainer = _quiet_fit({**trainer_kwargs, "max_epochs": s.cpc_epochs}, module, loader, root)
+    if _capped(trainer, s.cpc_epochs, "CPC", log):
+        return None
     save_encoder(module.encoder, out)
+    barrier()
     return module.encoder
 
 
-def fit(cfg: SpeakerConfig, exp: Experiment, log=print) -> Path:
-    """Train (or resume) the encoder of ``cfg.loss``; returns the path of ``encoder.pt``."""
-    check_run_dir(cfg, exp.root, write=True)
-    out = exp.root / "encoder.pt"
+def fit_loss(s: SpeakerSettings, exp: Experiment, loss: str, root: Path, log: Log) -> Path | None:
+    """Train (or resume) the encoder of ``loss`` in ``root``; returns the path of ``encoder.pt`` (None when
+    ``--max-minutes`` stopped it first)."""
+    out = root / "encoder.pt"
     if out.is_file():
-        log(f"[speaker] {cfg.loss}: trained encoder found at {out}; skipping fit")
+        log(f"{loss}: trained encoder found at {out}; skipping fit")
         return out
-    seed_everything(cfg.seed)
-    loader = DataLoader(CropPairs(exp.train.audio, cfg.crop_seconds), batch_size=cfg.batch_size, shuffle=True,
-                        drop_last=True, num_workers=0)
-    trainer_kwargs = dict(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, log_every_n_steps=1,
-                          enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0)
-    start = _cpc_pretrain(cfg, exp, loader, trainer_kwargs, log) if cfg.cpc_epochs else None
-    seed_everything(cfg.seed)
-    module = build_module(cfg)
+    seed_everything(s.seed)
+    loader = DataLoader(Utterances(exp.train.audio), batch_size=s.batch_size, shuffle=True, drop_last=True,
+                        num_workers=0, collate_fn=pad_batch)
+    trainer_kwargs = dict(max_epochs=s.epochs, log_every_n_steps=1, enable_progress_bar=s.progress,
+                          enable_model_summary=False, num_sanity_val_steps=0)
+    start = None
+    if s.cpc_epochs:
+        start = _cpc_pretrain(s, root / "cpc", loader, trainer_kwargs, log)
+        if start is None:
+            return None
+    seed_everything(s.seed)
+    module = build_module(s, loss)
     if start is not None:
         module.encoder.load_state_dict(start.state_dict())
-    log(f"[speaker] {cfg.loss}: training on {len(exp.train.utterances)} utterances of {len(exp.train.speakers)} "
-        f"speakers ({exp.train.seconds() / 60:.1f} min), {cfg.epochs} epochs x {len(loader)} batches")
+    log(f"{loss}: training on {len(exp.train.utterances)} utterances of {len(exp.train.speakers)} speakers "
+        f"({exp.train.seconds() / 60:.1f} min), {s.epochs} epochs x {len(loader) // s.world_size} batches"
+        + (f" on each of {s.world_size} devices" if s.world_size > 1 else ""))
     t0 = time.perf_counter()
     meter = _Throughput()
-    trainer = _quiet_fit(trainer_kwargs, module, loader, exp.root, [meter])
+    trainer = _quiet_fit(trainer_kwargs, module, loader, root, [meter])
+    if _capped(trainer, s.epochs, loss, log):
+        return None
     seconds = time.perf_counter() - t0
     # throughput of this attempt's training loop (an attempt that resumed counts only the steps it ran)
     ran, loop_s = getattr(meter, "steps", 0), getattr(meter, "seconds", 0.0)
+    per_step = s.batch_size * s.world_size
     stats = {"seconds_last_attempt": seconds, "loop_seconds_last_attempt": loop_s, "steps_last_attempt": ran,
-             "global_step": trainer.global_step,
-             "epochs": cfg.epochs, "utterances_per_epoch": len(loader) * cfg.batch_size,
+             "global_step": trainer.global_step, "epochs": s.epochs, "devices": s.world_size,
+             "utterances_per_epoch": trainer.num_training_batches * per_step,
              "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
              "device": str(module.device), "threads": torch.get_num_threads(),
-             "utterances_per_second": ran * cfg.batch_size / loop_s if loop_s > 0 else float("nan")}
+             "utterances_per_second": ran * per_step / loop_s if loop_s > 0 else float("nan")}
     save_encoder(module.encoder, out)
-    (exp.root / "train_stats.json").write_text(json.dumps(stats, indent=2))
-    log(f"[speaker] {cfg.loss}: trained in {seconds:.0f} s ({stats['utterances_per_second']:.1f} utterances/s); "
-        f"encoder: {out}")
+    write_json(root / "train_stats.json", stats)
+    barrier()  # every rank sees encoder.pt before anyone reads it
+    log(f"{loss}: trained in {seconds:.0f} s ({stats['utterances_per_second']:.1f} utterances/s); encoder: {out}")
     return out

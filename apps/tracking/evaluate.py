@@ -2,7 +2,8 @@
 
 The headline method of the report is the one of ``--builder``; the others are its baselines.
 Data sets: ``sim-pu<level>`` (``eval_events`` fresh simulated events per ``eval_pileup`` level, seeds disjoint
-from training) and the real events of ``--data`` (default: the embedded TrackML subset). Methods:
+from training) and the real events of ``--data`` (default: the embedded TrackML subset). With ``--eval-data``
+only those events are scored, and the report goes to ``<run-dir>/eval/<name>/``. Methods:
 
 * ``gnn``: embedding -> kNN graph -> GNN edge scores -> best-neighbour chaining
   (:func:`apps.tracking.model.chain_tracks`);
@@ -14,13 +15,12 @@ from training) and the real events of ``--data`` (default: the embedded TrackML 
 Metrics per data set (means over events): ``trackml_score``, ``efficiency``, ``fake_rate`` (see
 :mod:`apps.tracking.metrics`), ``edge_efficiency`` / ``edge_purity`` of the edges kept after the score cut,
 ``graph_edge_efficiency`` / ``graph_edge_purity`` of the kNN graph, ``seconds_per_event`` and
-``seconds_per_10k_hits`` of the learned pipeline (inference, this CPU).
+``seconds_per_10k_hits`` of the learned pipeline (inference, this CPU). ``report.json`` has the schema of
+:mod:`core.app.report` (one row per data set x method; ``extra.per_dataset`` keeps every metric).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -31,8 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from apps.tracking.config import TrackingConfig  # noqa: E402
-from apps.tracking.data import Event, dataset_name, find_detectors, read_event  # noqa: E402
+from apps.tracking.config import TrackingSettings  # noqa: E402
+from apps.tracking.data import Event, dataset_name, find_detectors, find_events, read_event  # noqa: E402
 from apps.tracking.metrics import edge_metrics, efficiency_vs_pt, track_metrics, trackml_score  # noqa: E402
 from apps.tracking.model import (  # noqa: E402
     EdgeGNN,
@@ -44,8 +44,11 @@ from apps.tracking.model import (  # noqa: E402
     knn_graph,
 )
 from apps.tracking.simulate import Geometry, simulate_event  # noqa: E402
+from core.app import Run  # noqa: E402
+from core.app.files import atomic_write  # noqa: E402
 
-__all__ = ["reconstruct", "evaluate_events", "evaluate", "EVAL_SEED", "PT_BINS"]
+__all__ = ["reconstruct", "evaluate_events", "evaluate", "scored_events", "EVAL_SEED", "PT_BINS", "METHOD_NAMES",
+           "BUILDER_METHOD", "REPORT_METRICS"]
 
 EVAL_SEED = 2_000_000
 PT_BINS = np.array([0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0])
@@ -100,7 +103,7 @@ def _pt_map(ev: Event) -> dict | None:
     return dict(zip(p["particle_id"].to_numpy().tolist(), np.hypot(p["px"], p["py"]).to_numpy().tolist()))
 
 
-def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuning: dict, cfg: TrackingConfig,
+def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuning: dict, cfg: TrackingSettings,
                     keep_first: bool = True, clusterer: tuple | None = None) -> dict:
     """Per-method mean metrics over ``events`` plus efficiency-vs-pT counts and the first event's tracks."""
     methods = [m for m in METHOD_NAMES if m != "gnn_learned" or clusterer is not None]
@@ -147,7 +150,7 @@ def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuni
     return {"metrics": out, "eff_pt": eff_pt, "display": display}
 
 
-def _sim_events(cfg: TrackingConfig, geo: Geometry, level: float) -> list[Event]:
+def _sim_events(cfg: TrackingSettings, geo: Geometry, level: float) -> list[Event]:
     return [simulate_event(geo, cfg.sim(level), seed=EVAL_SEED + cfg.seed * 10_000 + int(level * 10) * 100 + i,
                            name=f"event{i:09d}") for i in range(cfg.eval_events)]
 
@@ -171,8 +174,7 @@ def _event_display(d: dict, path: Path, title: str) -> None:
             ax.set_title(f"{label}: {int((cnt >= 4).sum())} tracks (grey: unassigned)")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _eff_pt_plot(results: dict, path: Path) -> None:
@@ -195,8 +197,7 @@ def _eff_pt_plot(results: dict, path: Path) -> None:
     axes[0][0].set_ylabel("track efficiency (double majority)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _score_plot(metrics: dict, path: Path) -> None:
@@ -214,101 +215,100 @@ def _score_plot(metrics: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Save a figure atomically (main process only) and close it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
-def _fmt(v: float) -> str:
-    return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+REPORT_METRICS = ("trackml_score", "efficiency", "fake_rate", "edge_efficiency", "edge_purity",
+                  "graph_edge_efficiency", "graph_edge_purity", "seconds_per_10k_hits")
+BUILDER_TEXT = {"gnn": "chaining", "gnn_cc": "cut + connected components",
+                "gnn_learned": "learned clusterer (set transformer over pivots)"}
 
 
-def _markdown(report: dict) -> str:
-    lines = [f"# Tracking report ({report['dataset']})", "",
-             f"Run directory: `{report['run_dir']}`; {report['seconds']:.0f} s in all.", "",
-             "| data set | method | TrackML score | efficiency | fake rate | edge eff. | edge purity | "
-             "graph eff. | graph purity | s / 10k hits |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, per in report["per_dataset"].items():
-        for m, v in per.items():
-            lines.append(f"| {name} | {METHOD_NAMES[m]} | {_fmt(v['trackml_score'])} | {_fmt(v['efficiency'])} | "
-                         f"{_fmt(v['fake_rate'])} | {_fmt(v.get('edge_efficiency'))} | {_fmt(v.get('edge_purity'))} | "
-                         f"{_fmt(v.get('graph_edge_efficiency'))} | {_fmt(v.get('graph_edge_purity'))} | "
-                         f"{_fmt(v['seconds_per_10k_hits'])} |")
-    lines += ["", "Edge efficiency: share of consecutive-hit truth edges kept; purity: share of kept edges joining two "
-              "hits of one particle. 'edge' = after the GNN score cut, 'graph' = the kNN graph.", ""]
-    lines += [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]]
-    return "\n".join(lines) + "\n"
+def scored_events(s: TrackingSettings) -> tuple[str, list[Event]]:
+    """The real data set the report scores (name, events with truth): ``--eval-data``, else the events of ``--data``
+    (with ``--train-source data``: its held-out last fifth). Read before anything is trained or written."""
+    from apps.tracking.train import data_split
+
+    if s.eval_data:
+        return dataset_name(s.eval_data), [read_event(p, require_truth=True) for p in find_events(s.eval_data)]
+    return dataset_name(s.data), [read_event(p, require_truth=True) for p in data_split(s)[1]]
 
 
-def evaluate(cfg: TrackingConfig, train: bool = False, started: float | None = None) -> dict:
-    """(Fit if ``train``,) evaluate, and write report.json / report.md / plots into ``cfg.run_dir``."""
-    from apps.tracking.train import _quiet, data_split, fit, load_clusterer, load_models
+def evaluate(run: Run, real: tuple[str, list[Event]] | None = None) -> dict | None:
+    """Reconstruct the test events with the trained pipeline and the baselines; write ``report.json`` /
+    ``report.md`` and the plots into the report folder (``<run-dir>``, or ``<run-dir>/eval/<data>`` with
+    ``--eval-data``). Runs on the main process (the others return None at once); returns the report."""
+    from apps.tracking.train import _quiet, load_clusterer, load_models, model_dir
 
-    started = time.perf_counter() if started is None else started
-    cfg.validate()
+    s = run.settings
     _quiet()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    # fail early on bad data, before any training; with train_source 'data' only the held-out events are scored
-    real = [read_event(p, require_truth=True) for p in data_split(cfg)[1]]
-    if train:
-        fit(cfg)
-    embed, gnn, tuning = load_models(cfg)
-    clusterer = load_clusterer(cfg, required=cfg.builder == "learned")
+    real_name, real_events = real if real is not None else scored_events(s)
+    root = model_dir(run)
+    embed, gnn, tuning = load_models(s, root)
+    clusterer = load_clusterer(s, root, required=s.builder == "learned")
+    if not run.is_main:
+        return None
     if clusterer is not None:
         tuning = {**tuning, "cluster_threshold": clusterer[1]}
-    geo = Geometry.from_file(find_detectors(cfg.data))
-    root = Path(cfg.run_dir)
+    folder = run.report_dir or run.run_dir.path
     results = {}
-    for level in cfg.eval_pileup:
-        name = f"sim-pu{level:g}"
-        print(f"[tracking] evaluating {name} ({cfg.eval_events} events)")
-        results[name] = evaluate_events(_sim_events(cfg, geo, level), embed, gnn, tuning, cfg, clusterer=clusterer)
-    real_name = dataset_name(cfg.data)
-    print(f"[tracking] evaluating {real_name} ({len(real)} events)")
-    results[real_name] = evaluate_events(real, embed, gnn, tuning, cfg, clusterer=clusterer)
-    per_dataset = {n: r["metrics"] for n, r in results.items()}
+    if not s.eval_data and s.eval_events > 0:  # simulated test sets on the training geometry (the run's own report)
+        geo = Geometry.from_file(find_detectors(s.data))
+        for level in s.eval_pileup:
+            name = f"sim-pu{level:g}"
+            run.log(f"evaluating {name} ({s.eval_events} events)")
+            results[name] = evaluate_events(_sim_events(s, geo, level), embed, gnn, tuning, s, clusterer=clusterer)
+    run.log(f"evaluating {real_name} ({len(real_events)} events)")
+    results[real_name] = evaluate_events(real_events, embed, gnn, tuning, s, clusterer=clusterer)
+    per_dataset = _finite({n: r["metrics"] for n, r in results.items()})
     plots = []
     for n, r in results.items():
         if r["display"] is not None and (n == real_name or n == next(iter(results))):
-            p = root / f"event_display_{n}.png"
-            _event_display(r["display"], p, f"{n}: {r['display']['name']}")
-            plots.append(str(p))
-    p = root / "efficiency_vs_pt.png"
-    _eff_pt_plot(results, p)
-    plots.append(str(p))
-    p = root / "trackml_score.png"
-    _score_plot(per_dataset, p)
-    plots.append(str(p))
-    names = ("trackml_score", "efficiency", "fake_rate", "edge_efficiency", "edge_purity",
-             "graph_edge_efficiency", "graph_edge_purity", "seconds_per_10k_hits")
-    main = per_dataset[real_name]
-    head = BUILDER_METHOD[cfg.builder]
-    builder_text = {"gnn": "chaining", "gnn_cc": "cut + connected components",
-                    "gnn_learned": "learned clusterer (set transformer over pivots)"}[head]
-    report = {
-        "app": "tracking",
-        "dataset": real_name,
-        "method": "hit embedding (SupCon) + kNN graph + GNN (focal + per-particle edge contrastive) + " + builder_text,
-        "metrics": {**{k: main[head].get(k) for k in names},
-                    "per_dataset": {n: {k: v[head].get(k) for k in names} for n, v in per_dataset.items()}},
-        "baselines": {m: {**{k: main[m].get(k) for k in names if k in main[m]},
-                          "per_dataset": {n: {k: v[m].get(k) for k in names if k in v[m]}
-                                          for n, v in per_dataset.items()}}
-                      for m in METHOD_NAMES if m != head and m in main},
-        "seconds": time.perf_counter() - started,
-        "config": {**cfg.to_dict(), "tuned": tuning},
-        "per_dataset": per_dataset,
-        "plots": plots,
-        "run_dir": str(root),
-    }
-    report = _finite(report)
-    tmp = root / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    (root / "report.md").write_text(_markdown(report))
-    os.replace(tmp, root / "report.json")
-    print("\n".join(line for line in _markdown(report).splitlines() if line.startswith("|")))
-    print(f"[tracking] report: {root / 'report.json'}")
-    return report
+            _event_display(r["display"], folder / f"event_display_{n}.png", f"{n}: {r['display']['name']}")
+            plots.append(f"event_display_{n}.png")
+    _eff_pt_plot(results, folder / "efficiency_vs_pt.png")
+    _score_plot(per_dataset, folder / "trackml_score.png")
+    plots += ["efficiency_vs_pt.png", "trackml_score.png"]
+    head = BUILDER_METHOD[s.builder]
+    report = run.report("trackml_score", higher_is_better=True, title="Particle tracking (TrackML score)")
+    if s.eval_data:
+        report.data = s.eval_data
+    for name, per in per_dataset.items():
+        for m in [head] + [m for m in METHOD_NAMES if m != head]:
+            if m in per:
+                report.add(m, {k: per[m][k] for k in REPORT_METRICS if k in per[m]}, seed=s.seed, dataset=name,
+                           baseline=m != head)
+    description = ("hit embedding (SupCon) + kNN graph + GNN (focal + per-particle edge contrastive) + "
+                   + BUILDER_TEXT[head])
+    report.notes += [
+        f"{head}: {description} (--builder {s.builder}); baselines: "
+        + "; ".join(f"{m}: {METHOD_NAMES[m]}" for m in METHOD_NAMES if m != head) + ".",
+        f"headline data set: {real_name} (real events); sim-pu<level>: simulated test events at that pile-up.",
+        "Edge efficiency: share of consecutive-hit truth edges kept; purity: share of kept edges joining two hits of "
+        "one particle. 'edge' = after the GNN score cut, 'graph' = the kNN graph.",
+        "tuned on training events: " + ", ".join(f"{k} {v:g}" for k, v in tuning.items()
+                                                  if k in ("edge_cut", "cc_cut", "dbscan_eps", "cluster_threshold")),
+    ]
+    report.plots = plots
+    report.extra = {"headline_dataset": real_name, "method": head, "description": description,
+                    "method_names": METHOD_NAMES, "tuned": tuning, "per_dataset": per_dataset,
+                    "models": str(root)}
+    out = run.write_report(report, folder)
+    for line in (folder / "report.md").read_text().splitlines():
+        if line.startswith("|"):
+            print(line)
+    run.log(f"report: {folder / 'report.md'}")
+    return out
 
 
 def _finite(obj):
@@ -320,4 +320,3 @@ def _finite(obj):
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
-

@@ -86,7 +86,8 @@ def hit_contrastive_loss(emb: Tensor, particle_id: Tensor, *, temperature: float
 
     with cosine similarities :math:`s`. Noise hits (``particle_id`` 0) are only negatives. This is
     :func:`core.losses.sup_con` with an ``anchor_mask`` (so noise hits and single-hit particles take part as
-    negatives only); ``tile_size`` bounds the memory to anchors x tile.
+    negatives only); ``tile_size`` bounds the memory to anchors x tile. The loss is one event's: it never
+    gathers hits from other ranks under data-parallel training (particle ids of different events would collide).
     """
     pid = particle_id.to(emb.device).long()
     n = len(pid)
@@ -102,7 +103,7 @@ def hit_contrastive_loss(emb: Tensor, particle_id: Tensor, *, temperature: float
     anchor_mask = torch.zeros(n, dtype=torch.bool, device=emb.device)
     anchor_mask[cand] = True
     return sup_con(emb[:, None, :], labels, temperature=temperature, base_temperature=temperature,
-                   anchor_mask=anchor_mask, tile_size=tile_size)
+                   anchor_mask=anchor_mask, tile_size=tile_size, gather=False)
 
 
 @torch.no_grad()

@@ -9,11 +9,10 @@ are wall-clock seconds on this (possibly shared) CPU, the best of ``repeats``.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import threading
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -21,9 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from apps.tracking.config import TrackingConfig  # noqa: E402
 from apps.tracking.data import find_detectors  # noqa: E402
 from apps.tracking.simulate import Geometry, simulate_event  # noqa: E402
+from core.app import InputError, Run, write_json  # noqa: E402
+from core.app.files import atomic_write  # noqa: E402
 
 __all__ = ["scaling", "rss_bytes", "PeakRSS", "HITS_PER_PILEUP"]
 
@@ -63,18 +63,26 @@ class PeakRSS:
         self.peak = self._max - self.base
 
 
-def scaling(cfg: TrackingConfig, hits: list[int], repeats: int = 2) -> dict:
-    """Measure and write ``scaling.json`` / ``scaling.png`` into ``cfg.run_dir``; returns the rows."""
-    from apps.tracking.evaluate import reconstruct
-    from apps.tracking.train import _quiet, load_clusterer, load_models
-
-    _quiet()
+def check_arguments(hits: list[int], repeats: int) -> None:
     if not hits or any(h < 100 for h in hits):
-        raise ValueError(f"--hits must list sizes >= 100, got {hits}")
+        raise InputError(f"--hits must list sizes >= 100, got {hits}")
     if repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {repeats}")
-    embed, gnn, tuning = load_models(cfg)
-    clusterer = load_clusterer(cfg)  # the learned builder is timed too when this run directory has one
+        raise InputError(f"--repeats must be >= 1, got {repeats}")
+
+
+def scaling(run: Run, hits: list[int], repeats: int = 2) -> dict | None:
+    """Measure on the main process and write ``scaling.json`` / ``scaling.png`` into the run directory; returns
+    the rows (None on the other processes)."""
+    from apps.tracking.evaluate import reconstruct
+    from apps.tracking.train import _quiet, load_clusterer, load_models, model_dir
+
+    cfg = run.settings
+    _quiet()
+    check_arguments(hits, repeats)
+    embed, gnn, tuning = load_models(cfg, model_dir(run))
+    clusterer = load_clusterer(cfg, model_dir(run))  # the learned builder is timed too when the run has one
+    if not run.is_main:
+        return None
     geo = Geometry.from_file(find_detectors(cfg.data))
     rows = []
     for target in hits:
@@ -93,12 +101,11 @@ def scaling(cfg: TrackingConfig, hits: list[int], repeats: int = 2) -> dict:
                **{f"s_{k}": v for k, v in stages.items()},
                **({"seconds_learned": best_learned} if best_learned is not None else {})}
         rows.append(row)
-        print(f"[tracking] {row['hits']:>7d} hits: {best:7.2f} s ({row['seconds_per_10k_hits']:.2f} s / 10k hits), "
+        run.log(f"{row['hits']:>7d} hits: {best:7.2f} s ({row['seconds_per_10k_hits']:.2f} s / 10k hits), "
               f"peak +{row['peak_mem_mb']:.0f} MB, {row['edges']} edges; " +
-              ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()), flush=True)
-    root = Path(cfg.run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "scaling.json").write_text(json.dumps({"rows": rows, "threads": _threads(), "k": cfg.k}, indent=2))
+              ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
+    root = run.run_dir.path
+    write_json(root / "scaling.json", {"rows": rows, "threads": _threads(), "k": cfg.k})
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     h = [r["hits"] for r in rows]
     for key in ("embed", "graph", "gnn", "build", "cluster"):
@@ -116,9 +123,11 @@ def scaling(cfg: TrackingConfig, hits: list[int], repeats: int = 2) -> dict:
         a.grid(alpha=0.3)
     a1.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(root / "scaling.png", dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    print(f"[tracking] scaling: {root / 'scaling.json'}")
+    atomic_write(root / "scaling.png", lambda f: f.write(buf.getbuffer()))
+    run.log(f"scaling: {root / 'scaling.json'}")
     return {"rows": rows}
 
 

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import KDTree
 
-from apps.tracking.data import DataError, Event, read_detectors
+from apps.tracking.data import Event, read_detectors
+from core.app import InputError
 
 __all__ = ["SimConfig", "Geometry", "simulate_event", "trackml_weights", "helix_radius_mm", "R_MAX", "Z_MAX"]
 
@@ -65,25 +66,25 @@ class SimConfig:
 
     def validate(self) -> SimConfig:
         if not (math.isfinite(self.pileup) and self.pileup > 0):
-            raise DataError(f"pileup must be a positive number, got {self.pileup}")
+            raise InputError(f"pileup must be a positive number, got {self.pileup}")
         if not (math.isfinite(self.particles_per_vertex) and self.particles_per_vertex > 0):
-            raise DataError(f"particles_per_vertex must be positive, got {self.particles_per_vertex}")
+            raise InputError(f"particles_per_vertex must be positive, got {self.particles_per_vertex}")
         if not (0 < self.pt_min < self.pt_max and math.isfinite(self.pt_max)):
-            raise DataError(f"need 0 < pt_min < pt_max, got {self.pt_min}, {self.pt_max}")
+            raise InputError(f"need 0 < pt_min < pt_max, got {self.pt_min}, {self.pt_max}")
         if not (math.isfinite(self.pt_alpha) and self.pt_alpha > 1):
-            raise DataError(f"pt_alpha must be > 1 (a normalisable power law), got {self.pt_alpha}")
+            raise InputError(f"pt_alpha must be > 1 (a normalisable power law), got {self.pt_alpha}")
         if not 0 < self.eta_max <= 5:
-            raise DataError(f"eta_max must be in (0, 5], got {self.eta_max}")
+            raise InputError(f"eta_max must be in (0, 5], got {self.eta_max}")
         if not (math.isfinite(self.bfield) and self.bfield > 0):
-            raise DataError(f"bfield must be positive (tesla), got {self.bfield}")
+            raise InputError(f"bfield must be positive (tesla), got {self.bfield}")
         if not (math.isfinite(self.hit_resolution) and self.hit_resolution >= 0):
-            raise DataError(f"hit_resolution must be >= 0 (mm), got {self.hit_resolution}")
+            raise InputError(f"hit_resolution must be >= 0 (mm), got {self.hit_resolution}")
         if not 0 <= self.noise_fraction < 1:
-            raise DataError(f"noise_fraction must be in [0, 1), got {self.noise_fraction}")
+            raise InputError(f"noise_fraction must be in [0, 1), got {self.noise_fraction}")
         if not (math.isfinite(self.material) and 0 < self.material < 1):
-            raise DataError(f"material (x/X0 per layer) must be in (0, 1), got {self.material}")
+            raise InputError(f"material (x/X0 per layer) must be in (0, 1), got {self.material}")
         if not 0.1 <= self.step_mm <= 20:
-            raise DataError(f"step_mm must be in [0.1, 20] (layers are >= 30 mm apart), got {self.step_mm}")
+            raise InputError(f"step_mm must be in [0.1, 20] (layers are >= 30 mm apart), got {self.step_mm}")
         return self
 
 
@@ -108,7 +109,7 @@ class Geometry:
             elif np.ptp(zz) < 50:  # end-cap disc: one z
                 rows.append((vol, lay, 1, zz.mean(), max(rr.min() - hh.max(), 0.0), rr.max() + hh.max(), 0.0))
             else:
-                raise DataError(f"detector layer volume {vol} layer {lay} is neither a cylinder nor a disc")
+                raise InputError(f"detector layer volume {vol} layer {lay} is neither a cylinder nor a disc")
             centres = d[["cx", "cy", "cz"]].to_numpy()[idx]
             self._trees[(int(vol), int(lay))] = (KDTree(centres), d["module_id"].to_numpy()[idx])
         t = np.array(rows, dtype=np.float64)

@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
-from apps.tracking.config import TrackingConfig
-from apps.tracking.evaluate import BUILDER_METHOD, METHOD_NAMES, evaluate
+from apps.tracking.evaluate import METHOD_NAMES
+from core.app import read_json
 from core.tour import register_tour
 
-__all__ = ["tracking_tour"]
+__all__ = ["tracking_tour", "tour_rows"]
 
 
 @register_tour("tracking")
 def tracking_tour(out_dir: Path, quick: bool) -> list[dict]:
-    """Fit and evaluate on the embedded data; one row per data set (GNN vs DBSCAN TrackML score)."""
+    """Fit and evaluate on the embedded data (``APP.main(["run", ...])``); one row per data set (the headline
+    builder's TrackML score vs DBSCAN's)."""
+    from apps.tracking.__main__ import APP
+
     t0 = time.perf_counter()
-    base = TrackingConfig.quick() if quick else TrackingConfig()
-    cfg = dataclasses.replace(base, run_dir=str(out_dir), progress=False)
-    report = evaluate(cfg, train=True, started=t0)
-    seconds = time.perf_counter() - t0
+    rc = APP.main(["run", "--run-dir", str(out_dir), "--no-progress", *(["--quick"] if quick else [])])
+    if rc != 0:
+        raise RuntimeError(f"python -m apps.tracking run exited with status {rc}")
+    report = read_json(Path(out_dir) / "report.json", "tracking report")
+    return tour_rows(report, Path(out_dir), quick, time.perf_counter() - t0)
+
+
+def tour_rows(report: dict, folder: Path, quick: bool, seconds: float) -> list[dict]:
+    """The tour's rows of a ``report.json`` in ``folder``: per data set, the headline builder vs DBSCAN."""
+    head = report["extra"]["method"]
+    plots = [str(folder / p) for p in report["plots"]]
     rows = []
-    for i, (name, per) in enumerate(report["per_dataset"].items()):
+    for i, (name, per) in enumerate(report["extra"]["per_dataset"].items()):
         rows.append({"app": "tracking (GNN)", "dataset": name, "metric": "TrackML score",
-                     "value": per[BUILDER_METHOD[cfg.builder]]["trackml_score"],
-                     "baseline": per["dbscan"]["trackml_score"],
+                     "value": per[head]["trackml_score"], "baseline": per["dbscan"]["trackml_score"],
                      "baseline_name": METHOD_NAMES["dbscan"], "higher_is_better": True,
-                     "full_mode_ref": "docs/apps/tracking.md", "seconds": seconds,
-                     **({"plots": report["plots"]} if i == 0 else {})})
+                     "mode": "quick" if quick else "full", "full_mode_ref": "docs/apps/tracking.md",
+                     "seconds": seconds, **({"plots": plots} if i == 0 else {})})
     return rows

@@ -1,14 +1,16 @@
-"""Training: simulate (or read) events, train the hit embedding, build kNN graphs, train the GNN.
+"""Training: simulate (or read) events, train the hit embedding, build kNN graphs, train the GNN, then the
+learned clusterer; tune the cuts, the clusterer threshold and the DBSCAN eps.
 
-Run-directory layout (``RUN_DIR/``)::
+Run-directory layout (``<run-dir>/``, see :class:`core.app.RunDir`)::
 
-    config.json                   settings the models were trained with (a re-run with others is refused)
-    embed/embed.pt                the trained hit embedding (stage done)
-    gnn/gnn.pt                    the trained GNN edge classifier (stage done)
-    tuning.json                   edge-score cuts and the DBSCAN eps chosen on (up to 6) training events
-    cluster/cluster.pt            the trained learned clusterer (set transformer over pivots; stage done)
-    cluster/tuning.json           its membership threshold chosen on (up to 4) training events
-    */checkpoints/last.ckpt       Lightning checkpoints: an interrupted stage resumes from here
+    settings.json                          settings the models were trained with (a re-run with others is refused)
+    pipeline/seed<S>/embed/embed.pt        the trained hit embedding (stage done)
+    pipeline/seed<S>/gnn/gnn.pt            the trained GNN edge classifier (stage done)
+    pipeline/seed<S>/tuning.json           edge-score cuts and the DBSCAN eps chosen on (up to 6) training events
+    pipeline/seed<S>/cluster/cluster.pt    the trained learned clusterer (set transformer over pivots; stage done)
+    pipeline/seed<S>/cluster/tuning.json   its membership threshold chosen on (up to 4) training events
+    pipeline/seed<S>/*/checkpoints/        Lightning checkpoints: an interrupted stage resumes from last.ckpt
+    report.json, report.md, *.png          the report of ``evaluate`` / ``run`` (``eval/<data>/``: on other data)
 
 A stage whose ``.pt`` file exists is skipped, so re-running ``fit`` after an interruption continues where it
 stopped (mid-stage from ``last.ckpt``, through :func:`core.training.fit_with_resume`).
@@ -16,10 +18,8 @@ stopped (mid-stage from ``last.ckpt``, through :func:`core.training.fit_with_res
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from apps.tracking.config import TrackingConfig
-from apps.tracking.data import DataError, Event, find_detectors, find_events, read_event
+from apps.tracking.config import TrackingSettings
+from apps.tracking.data import Event, find_detectors, find_events, read_event
 from apps.tracking.metrics import trackml_score
 from apps.tracking.model import (
     EdgeGNN,
@@ -42,15 +42,16 @@ from apps.tracking.model import (
     knn_graph,
 )
 from apps.tracking.simulate import Geometry, simulate_event
+from core.app import InputError, Run, load_torch, read_json, save_torch, write_json
+from core.app.hardware import barrier
 from core.training import fit_with_resume, seed_everything
 
-__all__ = ["prepare_event", "data_split", "training_events", "EmbedModule", "GNNModule", "ClusterModule", "fit",
-           "load_models", "load_clusterer", "TRAIN_SEED"]
+__all__ = ["prepare_event", "data_split", "training_events", "event_loader", "EmbedModule", "GNNModule",
+           "ClusterModule", "check_data", "fit", "model_dir", "load_models", "load_clusterer", "TRAIN_SEED",
+           "PIPELINE"]
 
 TRAIN_SEED = 1_000_000  # simulated training events use seeds TRAIN_SEED + seed * 10_000 + i
-# settings that do not change the trained artefacts (may differ between fit and evaluate)
-_NON_ARTEFACT = ("data", "run_dir", "eval_pileup", "eval_events", "edge_cut", "min_hits", "threads",
-                 "progress", "builder", "cluster_threshold")
+PIPELINE = "pipeline"  # the method folder of the trained models: <run-dir>/pipeline/seed<S>
 
 
 def prepare_event(ev: Event) -> dict:
@@ -64,20 +65,20 @@ def prepare_event(ev: Event) -> dict:
     return out
 
 
-def data_split(cfg: TrackingConfig) -> tuple[list[Path], list[Path]]:
+def data_split(cfg: TrackingSettings) -> tuple[list[Path], list[Path]]:
     """Event prefixes of ``--data`` to train on and to evaluate on. With ``train_source='data'`` the last
     ``max(1, n // 5)`` events (in file-name order) are held out for evaluation; otherwise all are evaluated."""
     prefixes = find_events(cfg.data)
     if cfg.train_source != "data":
         return [], prefixes
     if len(prefixes) < 2:
-        raise DataError(f"train_source 'data' needs at least 2 events in {cfg.data} (the last fifth, at least one, "
-                        f"is held out for evaluation); found {len(prefixes)}")
+        raise InputError(f"train_source 'data' needs at least 2 events in {cfg.data} (the last fifth, at least one, "
+                         f"is held out for evaluation); found {len(prefixes)}")
     n_test = max(1, len(prefixes) // 5)
     return prefixes[:-n_test], prefixes[-n_test:]
 
 
-def training_events(cfg: TrackingConfig, geo: Geometry) -> list[Event]:
+def training_events(cfg: TrackingSettings, geo: Geometry) -> list[Event]:
     """Simulated training events (``train_source='sim'``) or the truth-bearing events of ``--data``."""
     if cfg.train_source == "data":
         return [read_event(p, require_truth=True) for p in data_split(cfg)[0]]
@@ -86,26 +87,39 @@ def training_events(cfg: TrackingConfig, geo: Geometry) -> list[Event]:
                            name=f"event{i:09d}") for i in range(cfg.train_events)]
 
 
-class _Loader(DataLoader):
-    """One event per step, reshuffled every epoch."""
+def _one_event(item: dict) -> dict:
+    return item
 
-    def __init__(self, items: list[dict], seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        super().__init__(items, batch_size=None, shuffle=True, generator=g, collate_fn=lambda x: x)
+
+def event_loader(items: list[dict]) -> DataLoader:
+    """One event per step, reshuffled every epoch: a plain DataLoader (no batching), so that
+    :func:`core.training.fit_with_resume` gives it an epoch-seeded order on one process and, under ``--devices N``,
+    Lightning's distributed sampler gives every rank its share of the events (seeded by ``--seed`` and the epoch)."""
+    return DataLoader(items, batch_size=None, shuffle=True, collate_fn=_one_event)
+
+
+class _Stage(L.LightningModule):
+    """A training stage: one event per step; the schedule spans the stage's optimiser steps on this hardware."""
+
+    cfg: TrackingSettings
+
+    def _total_steps(self) -> int:
+        return int(self.trainer.estimated_stepping_batches)
 
 
 def _cosine(opt: torch.optim.Optimizer, total: int) -> dict:
+    total = max(1, int(total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class EmbedModule(L.LightningModule):
+class EmbedModule(_Stage):
     """Stage 1: contrastive hit embedding (:func:`apps.tracking.model.hit_contrastive_loss`)."""
 
-    def __init__(self, cfg: TrackingConfig, total_steps: int) -> None:
+    def __init__(self, cfg: TrackingSettings) -> None:
         super().__init__()
-        self.cfg, self.total_steps = cfg, total_steps
+        self.cfg = cfg
         self.net = HitEmbedding(cfg.embed_dim, cfg.embed_hidden, cfg.embed_depth)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -117,15 +131,16 @@ class EmbedModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return _cosine(torch.optim.AdamW(self.parameters(), lr=self.cfg.embed_lr, weight_decay=1e-4), self.total_steps)
+        return _cosine(torch.optim.AdamW(self.parameters(), lr=self.cfg.embed_lr, weight_decay=1e-4),
+                       self._total_steps())
 
 
-class GNNModule(L.LightningModule):
+class GNNModule(_Stage):
     """Stage 2: GNN edge classifier with the focal and per-particle edge contrastive losses."""
 
-    def __init__(self, cfg: TrackingConfig, total_steps: int) -> None:
+    def __init__(self, cfg: TrackingSettings) -> None:
         super().__init__()
-        self.cfg, self.total_steps = cfg, total_steps
+        self.cfg = cfg
         self.net = EdgeGNN(cfg.embed_dim, cfg.gnn_hidden, cfg.gnn_layers, cfg.gnn_aggr)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -139,26 +154,27 @@ class GNNModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return _cosine(torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=1e-4), self.total_steps)
+        return _cosine(torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=1e-4), self._total_steps())
 
 
-class ClusterModule(L.LightningModule):
+class ClusterModule(_Stage):
     """Stage 3: the learned clusterer (:mod:`apps.tracking.cluster`) on the frozen embedding and GNN: random
     pivots per event, their candidate sets, focal BCE on "candidate is of the pivot's particle"."""
 
-    def __init__(self, cfg: TrackingConfig, total_steps: int) -> None:
+    def __init__(self, cfg: TrackingSettings) -> None:
         super().__init__()
         from apps.tracking.cluster import PivotSetNet
 
-        self.cfg, self.total_steps = cfg, total_steps
+        self.cfg = cfg
         self.net = PivotSetNet(cfg.gnn_hidden, cfg.cluster_dim, cfg.cluster_layers)
-        self.gen = torch.Generator().manual_seed(cfg.seed + 2)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         from apps.tracking.cluster import candidate_sets, set_labels, set_loss, set_tokens
 
         pool = batch["pivot_pool"]
-        pick = pool[torch.randperm(len(pool), generator=self.gen)[: self.cfg.cluster_pivots]]
+        # the global generator: seeded from (seed, step, rank) at every step, so a resumed run draws the same
+        # pivots and every rank its own
+        pick = pool[torch.randperm(len(pool))[: self.cfg.cluster_pivots]]
         cand = candidate_sets(batch["emb"], pick, self.cfg.cluster_candidates, batch["edges"], batch["scores"],
                               self.cfg.cluster_cut, self.cfg.cluster_hops)
         tok = set_tokens(batch["z"], batch["emb"], batch["xyz"], batch["edges"], batch["scores"], cand)
@@ -168,7 +184,7 @@ class ClusterModule(L.LightningModule):
 
     def configure_optimizers(self):
         return _cosine(torch.optim.AdamW(self.parameters(), lr=self.cfg.cluster_lr, weight_decay=1e-4),
-                       self.total_steps)
+                       self._total_steps())
 
 
 @torch.no_grad()
@@ -187,7 +203,7 @@ CLUSTER_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 @torch.no_grad()
-def tune_cluster_threshold(cfg: TrackingConfig, net, inputs: list[dict]) -> dict:
+def tune_cluster_threshold(cfg: TrackingSettings, net, inputs: list[dict]) -> dict:
     """Membership threshold of the learned clusterer with the best mean TrackML score on (up to 4) events."""
     from apps.tracking.cluster import cluster_event, resolve_tracks
 
@@ -202,30 +218,31 @@ def tune_cluster_threshold(cfg: TrackingConfig, net, inputs: list[dict]) -> dict
     return {"cluster_threshold": max(mean, key=mean.get), "threshold_scores": {str(t): v for t, v in mean.items()}}
 
 
-def load_clusterer(cfg: TrackingConfig, required: bool = False):
-    """The trained learned clusterer and its threshold (``--cluster-threshold`` wins), or None when this run
-    directory has none (``required``: raise instead)."""
+def load_clusterer(s: TrackingSettings, folder: Path, required: bool = False):
+    """The trained learned clusterer in ``folder`` (a model folder, :func:`model_dir`) and its threshold
+    (``--cluster-threshold`` wins), or None when there is none (``required``: raise instead)."""
     from apps.tracking.cluster import PivotSetNet
 
-    root = Path(cfg.run_dir) / "cluster"
+    root = Path(folder) / "cluster"
     pt, tj = root / "cluster.pt", root / "tuning.json"
     if not (pt.is_file() and tj.is_file()):
         if required:
-            raise DataError(f"no trained learned clusterer in {root}: run `python -m apps.tracking fit` with the "
-                            "same options first")
+            raise InputError(f"no trained learned clusterer in {root}: run `python -m apps.tracking fit` with the "
+                             "same options first")
         return None
-    net = PivotSetNet(cfg.gnn_hidden, cfg.cluster_dim, cfg.cluster_layers)
-    net.load_state_dict(torch.load(pt, weights_only=True))
-    thr = json.loads(tj.read_text())["cluster_threshold"]
-    if cfg.cluster_threshold is not None:
-        thr = cfg.cluster_threshold
+    net = PivotSetNet(s.gnn_hidden, s.cluster_dim, s.cluster_layers)
+    net.load_state_dict(load_torch(pt))
+    thr = read_json(tj, "clusterer tuning")["cluster_threshold"]
+    if s.cluster_threshold is not None:
+        thr = s.cluster_threshold
     return net.eval(), float(thr)
 
 
-def _trainer_kwargs(cfg: TrackingConfig, epochs: int) -> dict:
-    return {"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "enable_progress_bar": cfg.progress,
-            "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 10,
-            "gradient_clip_val": 1.0}
+def _trainer_kwargs(s: TrackingSettings, epochs: int) -> dict:
+    """Trainer arguments of a stage; the hardware (accelerator, devices, strategy, precision, ``max_time``) comes
+    from the runner through :func:`core.training.fit_with_resume`."""
+    return {"max_epochs": epochs, "enable_progress_bar": s.progress, "enable_model_summary": False,
+            "num_sanity_val_steps": 0, "log_every_n_steps": 10, "gradient_clip_val": 1.0}
 
 
 def _quiet() -> None:
@@ -234,36 +251,8 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*torch.jit.script.*")
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _check_config(cfg: TrackingConfig, root: Path) -> None:
-    """Refuse to mix artefacts trained with other settings into this run directory."""
-    path = root / "config.json"
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in _NON_ARTEFACT}
-    if path.is_file():
-        full = json.loads(path.read_text())
-        old = {k: v for k, v in full.items() if k not in _NON_ARTEFACT}
-        # options added after the run directory was made (absent from its config.json) only concern later stages
-        diff = sorted(k for k in old if old.get(k) != mine.get(k))
-        if diff:
-            raise DataError(f"{root} holds models trained with other settings ({', '.join(diff)}); use another "
-                            "--run-dir or delete that directory")
-        new = {k: v for k, v in cfg.to_dict().items() if k not in full}
-        if new:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**full, **new}, indent=2))
-            os.replace(tmp, path)
-    else:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-        os.replace(tmp, path)
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*exists and is not empty.*")
 
 
 @torch.no_grad()
@@ -274,27 +263,31 @@ def embed_and_graph(embed: HitEmbedding, item: dict, k: int) -> dict:
     return {**item, "emb": emb, "edges": knn_graph(emb, k)}
 
 
-def load_models(cfg: TrackingConfig) -> tuple[HitEmbedding, EdgeGNN, dict]:
-    """The trained embedding and GNN, and the tuning (``edge_cut``, ``cc_cut``, ``dbscan_eps``; a
-    ``--edge-cut`` given by the user replaces both cuts)."""
-    root = Path(cfg.run_dir)
+def model_dir(run: Run) -> Path:
+    """Where the trained pipeline of this run and seed lives: ``<run-dir>/pipeline/seed<S>``."""
+    return run.run_dir.method_dir(PIPELINE)
+
+
+def load_models(s: TrackingSettings, folder: Path) -> tuple[HitEmbedding, EdgeGNN, dict]:
+    """The trained embedding and GNN in ``folder`` (:func:`model_dir`), and the tuning (``edge_cut``,
+    ``cc_cut``, ``dbscan_eps``; a ``--edge-cut`` given by the user replaces both cuts)."""
+    root = Path(folder)
     paths = [root / "embed" / "embed.pt", root / "gnn" / "gnn.pt", root / "tuning.json"]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise DataError(f"no trained model in {root} ({', '.join(missing)} missing): run "
-                        "`python -m apps.tracking fit` with the same options first")
-    _check_config(cfg, root)
-    embed = HitEmbedding(cfg.embed_dim, cfg.embed_hidden, cfg.embed_depth)
-    embed.load_state_dict(torch.load(paths[0], weights_only=True))
-    gnn = EdgeGNN(cfg.embed_dim, cfg.gnn_hidden, cfg.gnn_layers, cfg.gnn_aggr)
-    gnn.load_state_dict(torch.load(paths[1], weights_only=True))
-    tuning = json.loads(paths[2].read_text())
-    if cfg.edge_cut is not None:
-        tuning.update(edge_cut=cfg.edge_cut, cc_cut=cfg.edge_cut)
+        raise InputError(f"no trained model in {root} ({', '.join(missing)} missing): run "
+                         "`python -m apps.tracking fit` with the same options first")
+    embed = HitEmbedding(s.embed_dim, s.embed_hidden, s.embed_depth)
+    embed.load_state_dict(load_torch(paths[0]))
+    gnn = EdgeGNN(s.embed_dim, s.gnn_hidden, s.gnn_layers, s.gnn_aggr)
+    gnn.load_state_dict(load_torch(paths[1]))
+    tuning = read_json(paths[2], "tuning")
+    if s.edge_cut is not None:
+        tuning.update(edge_cut=s.edge_cut, cc_cut=s.edge_cut)
     return embed.eval(), gnn.eval(), tuning
 
 
-def tune_dbscan(cfg: TrackingConfig, items: list[dict]) -> tuple[float, dict]:
+def tune_dbscan(cfg: TrackingSettings, items: list[dict]) -> tuple[float, dict]:
     """The eps of ``cfg.dbscan_eps`` with the best mean TrackML score on (up to 6) training events."""
     scores = {}
     for eps in cfg.dbscan_eps:
@@ -309,7 +302,7 @@ CUTS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @torch.no_grad()
-def tune_cuts(cfg: TrackingConfig, gnn: EdgeGNN, graphs: list[dict]) -> dict:
+def tune_cuts(cfg: TrackingSettings, gnn: EdgeGNN, graphs: list[dict]) -> dict:
     """Edge-score cuts of the chaining builder (``edge_cut``) and of cut + connected components (``cc_cut``)
     with the best mean TrackML score on (up to 4) training events."""
     from apps.tracking.model import chain_tracks, connected_components_tracks
@@ -327,59 +320,75 @@ def tune_cuts(cfg: TrackingConfig, gnn: EdgeGNN, graphs: list[dict]) -> dict:
             "cut_scores": {b: {str(c): v for c, v in m.items()} for b, m in mean.items()}}
 
 
-def fit(cfg: TrackingConfig) -> Path:
-    """Train both stages (resuming where an earlier run stopped); returns the run directory."""
-    cfg.validate()
+def check_data(s: TrackingSettings) -> None:
+    """Read every event of ``--data`` (with truth when it is trained on), so bad data fails before training."""
+    train_p, test_p = data_split(s)
+    for p in train_p + test_p:
+        read_event(p, require_truth=s.train_source == "data")
+
+
+def _train_stage(run: Run, name: str, module: L.LightningModule, items: list[dict], epochs: int,
+                 folder: Path, out: Path) -> bool:
+    """Train one stage (resuming from ``folder/checkpoints``) and save its network to ``out`` (main process);
+    False when ``--max-minutes`` stopped it first (the checkpoint stays; a re-run continues)."""
+    trainer = fit_with_resume(_trainer_kwargs(run.settings, epochs), module, event_loader(items), folder)
+    if trainer.current_epoch < epochs:
+        run.log(f"{name}: stopped by --max-minutes after {trainer.current_epoch} of {epochs} epochs; re-run the "
+                "same command (with a larger cap) to continue from its checkpoint")
+        return False
+    save_torch(out, module.net.state_dict())
+    barrier()  # every rank goes on with the saved weights (rank 0's BatchNorm statistics)
+    return True
+
+
+def fit(run: Run) -> bool:
+    """Train the three stages (resuming where an earlier run stopped) into :func:`model_dir` and tune the cuts,
+    the clusterer threshold and the DBSCAN eps; False when ``--max-minutes`` stopped it.
+
+    Under ``--devices N`` every rank trains on its share of the events (Lightning's distributed sampler over the
+    event loader); the tuning runs on the main process only."""
+    s = run.settings
     _quiet()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    root = Path(cfg.run_dir)
-    _check_config(cfg, root)
-    seed_everything(cfg.seed)
-    geo = Geometry.from_file(find_detectors(cfg.data))
+    check_data(s)
+    geo = Geometry.from_file(find_detectors(s.data))
+    run.claim()
+    root = model_dir(run)
     embed_pt, gnn_pt, db_json = root / "embed" / "embed.pt", root / "gnn" / "gnn.pt", root / "tuning.json"
     cl_pt, cl_json = root / "cluster" / "cluster.pt", root / "cluster" / "tuning.json"
-    if all(p.is_file() for p in (embed_pt, gnn_pt, db_json, cl_pt, cl_json)):
-        print(f"[tracking] models already trained in {root}")
-        return root
-    events = training_events(cfg, geo)
+    # every rank decides which stages are done before anything of this call is written
+    done = {p: p.is_file() for p in (embed_pt, gnn_pt, db_json, cl_pt, cl_json)}
+    if all(done.values()):
+        run.log(f"models already trained in {root}")
+        return True
+    seed_everything(s.seed)
+    events = training_events(s, geo)
     items = [prepare_event(ev) for ev in events]
     n_hits = sum(len(it["xyz"]) for it in items)
-    print(f"[tracking] {len(items)} training events ({cfg.train_source}), {n_hits} hits")
-    if not embed_pt.is_file():
-        module = EmbedModule(cfg, cfg.embed_epochs * len(items))
-        fit_with_resume(_trainer_kwargs(cfg, cfg.embed_epochs), module, _Loader(items, cfg.seed), root / "embed")
-        embed_pt.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic(module.net.state_dict(), embed_pt)
-    embed = HitEmbedding(cfg.embed_dim, cfg.embed_hidden, cfg.embed_depth)
-    embed.load_state_dict(torch.load(embed_pt, weights_only=True))
-    graphs = [embed_and_graph(embed, it, cfg.k) for it in items]
-    if not gnn_pt.is_file():
-        module = GNNModule(cfg, cfg.gnn_epochs * len(graphs))
-        fit_with_resume(_trainer_kwargs(cfg, cfg.gnn_epochs), module, _Loader(graphs, cfg.seed + 1), root / "gnn")
-        gnn_pt.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic(module.net.state_dict(), gnn_pt)
-    if not db_json.is_file():
-        eps, scores = tune_dbscan(cfg, items)
-        gnn = GNNModule(cfg, 1).net
-        gnn.load_state_dict(torch.load(gnn_pt, weights_only=True))
-        cuts = tune_cuts(cfg, gnn.eval(), graphs)
-        tmp = db_json.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**cuts, "dbscan_eps": eps, "dbscan_scores": scores}, indent=2))
-        os.replace(tmp, db_json)
-    if not (cl_pt.is_file() and cl_json.is_file()):
-        gnn = GNNModule(cfg, 1).net
-        gnn.load_state_dict(torch.load(gnn_pt, weights_only=True))
-        inputs = [cluster_inputs(gnn.eval(), g) for g in graphs]
-        if not cl_pt.is_file():
-            module = ClusterModule(cfg, cfg.cluster_epochs * len(inputs))
-            fit_with_resume(_trainer_kwargs(cfg, cfg.cluster_epochs), module, _Loader(inputs, cfg.seed + 2),
-                            root / "cluster")
-            cl_pt.parent.mkdir(parents=True, exist_ok=True)
-            _save_atomic(module.net.state_dict(), cl_pt)
-        net = ClusterModule(cfg, 1).net
-        net.load_state_dict(torch.load(cl_pt, weights_only=True))
-        tmp = cl_json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(tune_cluster_threshold(cfg, net.eval(), inputs), indent=2))
-        os.replace(tmp, cl_json)
-    return root
+    run.log(f"{len(items)} training events ({s.train_source}), {n_hits} hits; models in {root}")
+    if not done[embed_pt] and not _train_stage(run, "embedding", EmbedModule(s), items, s.embed_epochs,
+                                                root / "embed", embed_pt):
+        return False
+    embed = HitEmbedding(s.embed_dim, s.embed_hidden, s.embed_depth)
+    embed.load_state_dict(load_torch(embed_pt))
+    graphs = [embed_and_graph(embed, it, s.k) for it in items]
+    if not done[gnn_pt] and not _train_stage(run, "GNN", GNNModule(s), graphs, s.gnn_epochs, root / "gnn",
+                                              gnn_pt):
+        return False
+    gnn = EdgeGNN(s.embed_dim, s.gnn_hidden, s.gnn_layers, s.gnn_aggr)
+    gnn.load_state_dict(load_torch(gnn_pt))
+    gnn.eval()
+    if not done[db_json] and run.is_main:
+        eps, scores = tune_dbscan(s, items)
+        write_json(db_json, {**tune_cuts(s, gnn, graphs), "dbscan_eps": eps, "dbscan_scores": scores})
+    if not (done[cl_pt] and done[cl_json]):
+        inputs = [cluster_inputs(gnn, g) for g in graphs]
+        if not done[cl_pt] and not _train_stage(run, "clusterer", ClusterModule(s), inputs, s.cluster_epochs,
+                                                 root / "cluster", cl_pt):
+            return False
+        if run.is_main:
+            net = ClusterModule(s).net
+            net.load_state_dict(load_torch(cl_pt))
+            write_json(cl_json, tune_cluster_threshold(s, net.eval(), inputs))
+    barrier()
+    return True
+

@@ -12,13 +12,14 @@
 
 from core.app.errors import InputError
 from core.app.files import CheckpointError, load_torch, read_json, save_torch, write_json, write_text
-from core.app.hardware import Hardware, current, is_main_process
+from core.app.hardware import Hardware, barrier, current, is_main_process
 from core.app.report import Report, summarize
 from core.app.run_dir import RunDir
 from core.app.runner import COMMON_FLAGS, App, Run, Verb
 from core.app.settings import AppSettings, option
 from core.app.threads import default_threads
 
-__all__ = ["App", "AppSettings", "CheckpointError", "COMMON_FLAGS", "Hardware", "InputError", "Report", "Run",
+__all__ = ["App", "AppSettings", "CheckpointError", "COMMON_FLAGS", "Hardware", "barrier", "InputError", "Report",
+           "Run",
            "RunDir", "Verb", "current", "default_threads", "is_main_process", "load_torch", "option", "read_json",
            "save_torch", "summarize", "write_json", "write_text"]

@@ -120,6 +120,6 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
             raise CheckpointError(f"checkpoint {path} is damaged or not a torch file ({detail})") from None
         raise CheckpointError(f"refused to load {path}: it holds objects other than tensors and plain containers"
                               + (f" ({why})" if why else "") + "; only weights_only checkpoints are loaded") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # a truncated zip, a foreign file (struct.error, KeyError, ...): damaged
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is damaged or not a torch file ({msg})") from None

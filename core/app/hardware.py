@@ -56,14 +56,12 @@ class Hardware:
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`lightning.Trainer` for this hardware (plus ``sync_batchnorm`` when
-        distributed on GPUs and ``max_time`` when a deadline is set)."""
+        distributed on GPUs). The deadline is not Lightning's ``max_time``, which stops mid-epoch and then counts
+        the cut epoch as done on resume: :class:`core.training.resume.DeadlineCallback` stops at an epoch end."""
         kw: dict[str, Any] = dict(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
                                   strategy=self.resolved_strategy(), precision=self.precision)
         if self.sync_batchnorm:
             kw["sync_batchnorm"] = True
-        remaining = self.remaining_seconds()
-        if remaining is not None:
-            kw["max_time"] = {"seconds": max(1, int(remaining))}
         return kw
 
     def fabric_kwargs(self) -> dict[str, Any]:

@@ -56,12 +56,26 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if not vals:
                 continue
             mean = sum(vals) / len(vals)
+            if all(isinstance(r["metrics"].get(k), int) and not isinstance(r["metrics"].get(k), bool) for r in rs
+                   if r["metrics"].get(k) is not None) and mean == int(mean):
+                mean = int(mean)
             std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
             metrics[k] = {"mean": mean, "std": std}
         out.append({"method": method, "dataset": dataset, "seeds": sorted(r.get("seed") for r in rs
                                                                             if r.get("seed") is not None),
                     "metrics": metrics})
     return out
+
+
+def _plain_number(v: Any) -> Any:
+    """A metric as a JSON value: ints stay ints, other numbers (numpy / torch scalars) become floats."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, int):
+        return v
+    return float(v)
 
 
 def _fmt(v: Any) -> str:
@@ -97,8 +111,7 @@ class Report:
             baseline: bool = False) -> None:
         """One row: ``metrics`` of ``method`` (with ``seed`` / ``dataset`` when the app has several)."""
         self.rows.append({"method": method, "seed": seed, "dataset": dataset,
-                          "metrics": {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                                          else v) for k, v in metrics.items()}})
+                          "metrics": {k: _plain_number(v) for k, v in metrics.items()}})
         if baseline and method not in self.baselines:
             self.baselines.append(method)
 

@@ -79,6 +79,10 @@ class Run:
     command: str
     started: float = field(default_factory=time.perf_counter)
     report_dir: Path | None = None
+    entry_verb: str = ""
+
+    def __post_init__(self) -> None:
+        self.entry_verb = self.entry_verb or self.verb
 
     @property
     def mode(self) -> str:
@@ -100,7 +104,7 @@ class Run:
 
     def report(self, metric: str, *, higher_is_better: bool = True, title: str = "") -> Report:
         """A new :class:`Report` for this verb, mode and data."""
-        return Report(app=self.app.name, metric=metric, higher_is_better=higher_is_better, verb=self.verb,
+        return Report(app=self.app.name, metric=metric, higher_is_better=higher_is_better, verb=self.entry_verb,
                       mode=self.mode, data=str(self.settings.data), title=title or self.app.name)
 
     def write_report(self, report: Report, folder: str | Path | None = None) -> dict[str, Any]:
@@ -258,7 +262,7 @@ class App:
                 self._set_threads(ctx)
                 if hardware.distributed:
                     hardware.fabric()  # starts the other processes (they run this command) and the process group
-            if cls is not None and is_main_process():
+            if cls is self.settings_cls and is_main_process():  # a verb with its own small settings makes no run
                 run_dir.check()
             barrier()
             rc = verb.run(ctx)

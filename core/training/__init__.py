@@ -5,7 +5,7 @@
 - :func:`default_callbacks`, :func:`csv_logger` — progress bar, resumable checkpoints, CSV logs.
 - :func:`fit_with_resume` — fit, continuing from ``run_dir/checkpoints/last.ckpt`` when it exists.
 - :func:`seed_everything` — reproducible runs.
-- :func:`run_cli` (in :mod:`core.training.cli`) — the LightningCLI convention of ``apps/<name>/__main__.py``.
+- :class:`StepSeedCallback`, :class:`EpochShuffleSampler` — exact resume; the app runner is :mod:`core.app`.
 """
 
 from core.training.callbacks import checkpoint_dir, csv_logger, default_callbacks

@@ -16,7 +16,7 @@ from core.training.callbacks import checkpoint_dir, csv_logger, default_callback
 from core.training.checkpoint_io import AtomicCheckpointIO
 from core.training.rng import StepSeedCallback, with_epoch_shuffle
 
-__all__ = ["find_resume_checkpoint", "fit_with_resume"]
+__all__ = ["DeadlineCallback", "find_resume_checkpoint", "fit_with_resume", "stopped_by_deadline"]
 
 
 def _step_of(path: Path) -> tuple[int, float]:
@@ -36,16 +36,50 @@ def find_resume_checkpoint(run_dir: str | Path, warn: Callable[[str], None] | No
         if folder.is_dir() else []
     candidates = ([last] if last.is_file() else []) + others
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    damaged: list[str] = []
     for path in candidates:
         try:
             load_torch(path)
-        except CheckpointError as e:
-            warn(f"warning: {e}; trying an older checkpoint")
+        except CheckpointError:
+            damaged.append(path.name)
             continue
-        if path != last and last.is_file():
-            warn(f"warning: resuming from {path.name} instead of the damaged last.ckpt")
+        if damaged:
+            warn(f"warning: damaged checkpoint(s) {', '.join(damaged)} in {folder}; resuming from {path.name}")
         return path
+    if damaged:
+        warn(f"warning: every checkpoint in {folder} is damaged ({', '.join(damaged)}); starting afresh")
     return None
+
+
+class DeadlineCallback(Callback):
+    """Stop training at the first epoch end past the runner's ``--max-minutes`` deadline (every rank agrees).
+
+    Lightning's ``max_time`` stops mid-epoch and a resumed run then skips the rest of that epoch; stopping at an
+    epoch end keeps resume exact, at the cost of overrunning the cap by up to one epoch per fit (every fit trains
+    at least one epoch, so a re-run always makes progress). ``stopped`` tells whether
+    this fit ended because of the deadline (:func:`stopped_by_deadline`)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.stopped = False
+
+    def _check(self, trainer: Any) -> None:
+        import time
+
+        late = time.monotonic() >= self.deadline
+        late = bool(trainer.strategy.reduce_boolean_decision(late, all=False))
+        if late and not trainer.should_stop:
+            trainer.should_stop = True
+            self.stopped = True
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._check(trainer)
+
+
+def stopped_by_deadline(trainer: L.Trainer) -> bool:
+    """True when the last fit of ``trainer`` was stopped by ``--max-minutes`` (re-run with a larger cap to
+    continue)."""
+    return any(isinstance(c, DeadlineCallback) and c.stopped for c in trainer.callbacks)
 
 
 def _fit_data_kwargs(data: Any) -> dict[str, Any]:
@@ -80,8 +114,9 @@ def fit_with_resume(
     reached its target re-loads the checkpoint and returns at once.
 
     The hardware of the running verb (:func:`core.app.hardware.current`: accelerator, devices, nodes, strategy,
-    precision, ``sync_batchnorm`` when distributed, ``max_time`` from ``--max-minutes``) fills the Trainer arguments
-    that ``trainer_kwargs`` does not set. Every training batch seeds the generators from (seed, step, rank)
+    precision, ``sync_batchnorm`` when distributed; ``--max-minutes`` as a :class:`DeadlineCallback`) fills the
+    Trainer arguments that ``trainer_kwargs`` does not set. Every training batch seeds the generators from
+    (seed, step, rank)
     (:class:`~core.training.rng.StepSeedCallback`) and a shuffling loader's order depends on (seed, epoch) only,
     so a resumed run continues exactly as the uninterrupted one would; checkpoints load with
     ``weights_only=True``; a damaged ``last.ckpt`` falls back to the newest intact checkpoint
@@ -120,6 +155,9 @@ def fit_with_resume(
     kwargs["callbacks"] = list(kwargs["callbacks"] or []) + list(extra_callbacks)
     if not any(isinstance(c, StepSeedCallback) for c in kwargs["callbacks"]):
         kwargs["callbacks"].append(StepSeedCallback())
+    hardware = current()
+    if hardware.deadline is not None and "max_time" not in kwargs:
+        kwargs["callbacks"].append(DeadlineCallback(hardware.deadline))
     if kwargs.get("logger") in (None, True):
         kwargs["logger"] = csv_logger(run_dir)
     if not kwargs.get("plugins"):

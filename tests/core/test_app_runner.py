@@ -195,7 +195,7 @@ def test_crafted_pickle_is_refused_with_one_line(tmp_path):
     assert "\n" not in str(e.value) and "refused to load" in str(e.value) and str(bad) in str(e.value)
     good = save_torch(tmp_path / "ok.pt", {"w": torch.ones(2), "epoch": 3, "names": ["a"]})
     assert load_torch(good)["epoch"] == 3
-    for damaged in (pickle.dumps([1, 2])[:-3], good.read_bytes()[:100], b"not a checkpoint"):
+    for damaged in (pickle.dumps([1, 2])[:-3], good.read_bytes()[:100], b"not a checkpoint", b"PK\x03\x04" + b"x" * 40):
         bad.write_bytes(damaged)
         with pytest.raises(CheckpointError, match="is damaged or not a torch file") as e:
             load_torch(bad)
@@ -261,7 +261,8 @@ def test_damaged_last_checkpoint_falls_back_to_newest_intact(tmp_path, capsys):
     warnings: list[str] = []
     chosen = find_resume_checkpoint(tmp_path / "r", warn=warnings.append)
     assert chosen.name == "epoch=2-step=18.ckpt"
-    assert len(warnings) == 2 and all("\n" not in w for w in warnings) and "last.ckpt" in warnings[0]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "damaged checkpoint(s) last.ckpt" in warnings[0] and "resuming from epoch=2-step=18.ckpt" in warnings[0]
     module = _fit(tmp_path / "r", epochs=4)  # resumes from epoch 2 and finishes
     assert "damaged" in capsys.readouterr().err
     assert module.trainer.current_epoch == 4
@@ -281,9 +282,37 @@ def test_hardware_kwargs():
     assert kw["strategy"] == "ddp" and kw["devices"] == 2 and "sync_batchnorm" not in kw  # no CPU SyncBatchNorm
     assert Hardware(accelerator="gpu", devices=2).trainer_kwargs()["sync_batchnorm"] is True
     assert Hardware(accelerator="gpu", devices=1).trainer_kwargs()["strategy"] == "auto"
+    assert "max_time" not in Hardware(deadline=0.0).trainer_kwargs()  # the deadline stops at an epoch end
+
+
+def test_deadline_stops_at_an_epoch_end_and_resume_stays_exact(tmp_path):
+    """--max-minutes stops at the first epoch end past the deadline; re-running (with a later deadline) finishes,
+    and the weights equal an uncapped run's (Lightning's max_time would cut the epoch and skip its rest)."""
     import time
 
-    assert 50 <= Hardware(deadline=time.monotonic() + 60).trainer_kwargs()["max_time"]["seconds"] <= 60
+    from core.training.resume import stopped_by_deadline
+
+    whole = _fit(tmp_path / "a")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 4, generator=g)
+    loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16, shuffle=True)
+    seed_everything(0)
+    module = _Module()
+    kw = dict(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False)
+
+    class Slow(__import__("lightning").Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 1:
+                time.sleep(1.0)  # the deadline passes during the first epoch
+
+    with use(Hardware(accelerator="cpu", deadline=time.monotonic() + 0.5)):
+        trainer = fit_with_resume(kw, module, loader, tmp_path / "b", extra_callbacks=[Slow()])
+        assert stopped_by_deadline(trainer) and trainer.current_epoch == 1 and trainer.global_step == 6
+        again = fit_with_resume(kw, _Module(), loader, tmp_path / "b")  # still past it: one more epoch
+        assert stopped_by_deadline(again) and again.global_step == 12
+    resumed = _fit(tmp_path / "b")
+    for p, q in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
 
 
 def test_gather_default_is_off_without_a_process_group():

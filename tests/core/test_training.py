@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from core.app import load_torch
 from core.encoders import MLPEncoder, ProjectionHead
 from core.metrics import alignment
 from core.training import (
@@ -28,7 +28,6 @@ from core.training import (
     seed_everything,
     warmup_cosine,
 )
-from core.training.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -231,7 +230,7 @@ def test_atomic_checkpoint_io_replaces_whole_file(tmp_path: Path) -> None:
     path = tmp_path / "ck" / "last.ckpt"
     io.save_checkpoint({"global_step": 1}, path)
     io.save_checkpoint({"global_step": 2}, path)
-    assert torch.load(path, weights_only=False)["global_step"] == 2
+    assert load_torch(path)["global_step"] == 2
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary left behind
 
 
@@ -260,7 +259,7 @@ def test_interrupted_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             if last.exists():
-                step_at_kill = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+                step_at_kill = load_torch(last, map_location="cpu")["global_step"]
                 if step_at_kill >= 5:
                     proc.send_signal(signal.SIGKILL)
                     break
@@ -273,7 +272,7 @@ def test_interrupted_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     child_log = (tmp_path / "child.log").read_text(errors="replace")[-3000:]
     assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-way:\n{child_log}"
 
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved = load_torch(last, map_location="cpu")
     step0 = saved["global_step"]
     assert 5 <= step0 < 40 and step0 % 5 == 0, step0
     files_before = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
@@ -290,7 +289,7 @@ def test_interrupted_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     files_after = {p.name for p in ckpt_dir.glob("*.ckpt")}
     assert set(files_before) <= files_after, "a finished checkpoint was lost"
     assert {f"epoch={(s - 1) // 8}-step={s}.ckpt" for s in range(5, 41, 5)} <= files_after
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == mod.TARGET_STEPS
+    assert load_torch(last, map_location="cpu")["global_step"] == mod.TARGET_STEPS
     assert len(list((run_dir / "logs").glob("version_*"))) == 2  # the interrupted attempt's logs are kept
 
     # a finished run re-run is a no-op that keeps its final state
@@ -306,66 +305,3 @@ def test_fit_with_resume_starts_fresh_without_checkpoint(tmp_path: Path) -> None
                               extra_callbacks=[rec])
     assert rec.start_step == 0 and trainer.global_step == 3
     assert (tmp_path / "logs" / "version_0" / "metrics.csv").exists()
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-class TinyCLIModel(SimCLRModule):
-    """A CLI-configurable model: plain typed arguments only."""
-
-    def __init__(self, dim: int = 8, hidden: int = 16, temperature: float = 0.5, lr: float = 1e-2) -> None:
-        super().__init__(MLPEncoder(dim, (hidden,), 8), ProjectionHead(8, hidden, 4), temperature=temperature,
-                         augment=Noise(), lr=lr)
-
-
-class TinyData(L.LightningDataModule):
-    def __init__(self, n: int = 32, dim: int = 8, batch_size: int = 8) -> None:
-        super().__init__()
-        self.n, self.dim, self.batch_size = n, dim, batch_size
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        x = torch.randn(self.n, self.dim, generator=torch.Generator().manual_seed(0))
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=self.batch_size)
-
-
-def test_run_cli_yaml_config_and_resume(tmp_path: Path) -> None:
-    cfg = tmp_path / "quick.yaml"
-    cfg.write_text(textwrap.dedent(
-        f"""
-        model:
-          hidden: 12
-          temperature: 0.3
-        data:
-          batch_size: 8
-        trainer:
-          default_root_dir: {tmp_path / "run"}
-          max_epochs: 1
-          accelerator: cpu
-          enable_progress_bar: false
-          enable_model_summary: false
-        """
-    ))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cli = run_cli(TinyCLIModel, TinyData, args=["fit", "--config", str(cfg)])
-    assert cli.model.hparams.hidden == 12 and cli.model.hparams.temperature == 0.3
-    assert cli.trainer.global_step == 4
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert last.exists()
-    assert (tmp_path / "run" / "logs" / "version_0" / "config.yaml").exists()
-
-    # same command with a longer schedule: resumes from last.ckpt instead of starting over
-    rec = _Record()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cli2 = run_cli(TinyCLIModel, TinyData, args=["fit", "--config", str(cfg), "--trainer.max_epochs=2"],
-                       trainer_defaults={"callbacks": [rec]})
-    assert rec.start_step == 4
-    assert cli2.trainer.global_step == 8
-
-
-def test_run_cli_default_root_dir_is_under_runs_app() -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cli = run_cli(TinyCLIModel, TinyData, app_name="tiny", run=False,
-                      args=["--trainer.accelerator=cpu", "--trainer.logger=false"])
-    assert Path(cli.trainer.default_root_dir) == Path("runs") / "tiny"

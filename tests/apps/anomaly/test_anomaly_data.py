@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.anomaly.data import DataError, ImageData, image_protocol, load_data, standardize, table_protocol
+from apps.anomaly.data import ImageData, image_protocol, load_data, standardize, table_protocol
+from core.app import InputError
 
 
 def test_embedded_mnist() -> None:
@@ -63,22 +64,22 @@ def test_single_table_npz(tmp_path: Path) -> None:
 def test_bad_npz(tmp_path: Path, arrays: dict, match: str) -> None:
     f = tmp_path / "bad.npz"
     np.savez(f, **arrays)
-    with pytest.raises(DataError, match=match) as e:
+    with pytest.raises(InputError, match=match) as e:
         load_data(f)
     assert "bad.npz" in str(e.value)
 
 
 def test_bad_paths(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         load_data(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         load_data(tmp_path / "empty")
     (tmp_path / "x.csv").write_text("1,2\n")
-    with pytest.raises(DataError, match="x.csv: unsupported"):
+    with pytest.raises(InputError, match="x.csv: unsupported"):
         load_data(tmp_path / "x.csv")
     (tmp_path / "fake.npz").write_text("not a zip")
-    with pytest.raises(DataError, match="fake.npz: not a readable"):
+    with pytest.raises(InputError, match="fake.npz: not a readable"):
         load_data(tmp_path / "fake.npz")
 
 
@@ -100,9 +101,9 @@ def test_image_protocol_subset_and_errors() -> None:
     pool, split = image_protocol(y, 0.5, 0.5, seed=1, max_images=40)
     kept = np.union1d(pool, np.union1d(split[0][0], split[0][1]))  # class 0's train + test = the evaluation pool
     assert len(kept) == 40 and np.bincount(y[kept]).tolist() == [20, 20]
-    with pytest.raises(DataError, match="train_fraction"):
+    with pytest.raises(InputError, match="train_fraction"):
         image_protocol(y, 0.5, 1.0, seed=0)
-    with pytest.raises(DataError, match="cannot be split"):
+    with pytest.raises(InputError, match="cannot be split"):
         image_protocol(np.array([0, 0, 1, 1]), 0.5, 0.5, seed=0)
 
 

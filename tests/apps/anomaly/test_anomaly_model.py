@@ -20,6 +20,7 @@ from apps.anomaly.model import (
     load_encoder_checkpoint,
     normal_center,
 )
+from core.app import InputError
 from core.losses import mean_shifted
 from core.metrics.knn import knn_scores
 
@@ -68,13 +69,16 @@ def test_load_encoder_checkpoint(tmp_path: Path) -> None:
     for k, v in enc.state_dict().items():
         assert torch.equal(other.state_dict()[k], v)
     wrong = build_encoder("table", (5,), width=4, feature_dim=3, hidden_dims=(9,))
-    with pytest.raises(ValueError, match="a.ckpt"):
+    with pytest.raises(InputError, match="a.ckpt: does not fit the encoder"):
         load_encoder_checkpoint(wrong, tmp_path / "a.ckpt")
     (tmp_path / "junk.pt").write_text("junk")
-    with pytest.raises(ValueError, match="junk.pt: not a readable"):
+    with pytest.raises(InputError, match="junk.pt is damaged"):
         load_encoder_checkpoint(other, tmp_path / "junk.pt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="missing.pt does not exist"):
         load_encoder_checkpoint(other, tmp_path / "missing.pt")
+    torch.save({"state_dict": {"encoder.w": torch.ones(1)}, "opaque": Path("x")}, tmp_path / "code.ckpt")
+    with pytest.raises(InputError, match="code.ckpt: it holds objects other than tensors"):
+        load_encoder_checkpoint(other, tmp_path / "code.ckpt")  # never unpickles arbitrary objects
 
 
 def test_knn_auroc_on_separable_features() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apps.recommendation.config import RecConfig
-from apps.recommendation.data import DataError, leave_one_out, load_sequences
+from apps.recommendation.data import leave_one_out, load_sequences
 from apps.recommendation.train import (
     LengthBucketSampler,
     best_of,
@@ -17,6 +17,7 @@ from apps.recommendation.train import (
     train_prefixes,
     train_windows,
 )
+from core.app import InputError
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:
@@ -53,7 +54,7 @@ def test_csv_sorted_by_timestamp_and_labels_remapped(tmp_path: Path) -> None:
     # a: x@5, y@10, z@20, x@30 ; b: y@1, z@2, x@3
     assert seqs == {"a": [1, 2, 3, 1], "b": [2, 3, 1]}
     assert data.item_id("z") == 3
-    with pytest.raises(DataError, match="unknown item"):
+    with pytest.raises(InputError, match="unknown item"):
         data.item_id("nope")
 
 
@@ -62,11 +63,25 @@ def test_csv_sorted_by_timestamp_and_labels_remapped(tmp_path: Path) -> None:
     ("u1 1 2 3\nu2\n", r"line 2: expected 'user item1"),
     ("u1 1 2.5 3\n", r"line 1: item '2.5' is not a non-negative integer"),
     ("u1 1 2\nu2 3 4\n", "no user has >= 3 interactions"),
-    ("u1 1 2 3\nu1 4 5 6\n", "appears on more than one line"),
+    ("u1 1 2 3\nu1 4 5 6\n", r"user 'u1' appears on more than one line \(lines 1 and 2\)"),
+    ("1 1\n1 2\n2 3\n1 4 5\n", r"user '1' appears on more than one line \(lines 1 and 2\)"),  # not all pairs
 ])
 def test_bad_text_files_name_the_line(tmp_path: Path, text: str, match: str) -> None:
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(InputError, match=match):
         load_sequences(_write(tmp_path, "bad.txt", text))
+
+
+def test_sasrec_one_interaction_per_line_is_grouped_in_file_order(tmp_path: Path) -> None:
+    """The SASRec release format ('user item' per line, chronological per user): users repeat and every line has
+    two columns, so each user's items are grouped in file order (not sorted), the same sequences as the S3-Rec
+    one-line-per-user file of the same data."""
+    pairs = _write(tmp_path, "pairs.txt", "1 5\n1 3\n2 4\n1 9\n2 1\n\n2 2\n3 7\n1 5\n")
+    lines = _write(tmp_path, "lines.txt", "1 5 3 9 5\n2 4 1 2\n3 7\n")
+    a, b = load_sequences(pairs), load_sequences(lines)
+    assert a.users == b.users == ["1", "2"] and a.dropped_users == b.dropped_users == 1
+    assert [s.tolist() for s in a.sequences] == [s.tolist() for s in b.sequences]
+    assert [[a.item_labels[i - 1] for i in s] for s in a.sequences] == [["5", "3", "9", "5"], ["4", "1", "2"]]
+    assert a.item_labels == b.item_labels and a.split_checksum() == b.split_checksum()
 
 
 @pytest.mark.parametrize("text, match", [
@@ -76,16 +91,16 @@ def test_bad_text_files_name_the_line(tmp_path: Path, text: str, match: str) -> 
     ("user,item,timestamp\na,1\n", r"line 2: expected 3 columns"),
 ])
 def test_bad_csv_files_name_the_line(tmp_path: Path, text: str, match: str) -> None:
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(InputError, match=match):
         load_sequences(_write(tmp_path, "bad.csv", text))
 
 
 def test_missing_empty_and_unknown_paths(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         load_sequences(str(tmp_path / "missing.txt"))
-    with pytest.raises(DataError, match="is empty"):
+    with pytest.raises(InputError, match="is empty"):
         load_sequences(_write(tmp_path, "empty.txt", ""))
-    with pytest.raises(DataError, match="unknown format"):
+    with pytest.raises(InputError, match="unknown format"):
         load_sequences(_write(tmp_path, "data.json", "{}"))
 
 
@@ -140,6 +155,28 @@ def test_length_bucket_sampler_is_a_partition() -> None:
     assert list(s) != batches  # a new order per epoch
     d = LengthBucketSampler(lengths, 64, seed=3, pool=4, drop_last=True)
     assert all(len(b) == 64 for b in d) and len(list(d)) == len(d)
+
+
+def test_length_bucket_sampler_shards_batches_by_rank() -> None:
+    """Under DDP each rank takes every world-th batch of the same epoch order, all ranks the same number: together
+    they cover the single-process batches (but the last odd one) exactly once."""
+    lengths = np.random.default_rng(1).integers(1, 50, size=1000)
+    full = [tuple(b) for b in LengthBucketSampler(lengths, 64, seed=3, pool=4, rank=0, world=1)]
+    for world in (2, 3):
+        shards = []
+        for rank in range(world):
+            s = LengthBucketSampler(lengths, 64, seed=3, pool=4, rank=rank, world=world)
+            s.set_epoch(0)
+            shards.append([tuple(b) for b in s])
+            assert len(shards[-1]) == len(s) == len(full) // world
+        mine = [b for sh in shards for b in sh]
+        assert len(set(mine)) == len(mine) and set(mine) <= set(full)
+        assert len(mine) == world * (len(full) // world)
+        assert shards[1] == full[1::world][: len(full) // world]
+    e1 = LengthBucketSampler(lengths, 64, seed=3, pool=4, rank=1, world=2)
+    epoch0 = list(e1)
+    e1.set_epoch(1)
+    assert list(e1) != epoch0  # a new order per epoch on every rank
 
 
 def test_best_of_is_the_first_epoch_with_the_highest_validation_ndcg() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apps.rl.data import ALIASES, DataError, load_rollouts, render_states, resolve_data
+from apps.rl.data import ALIASES, load_rollouts, render_states, resolve_data
 from apps.rl.probe import split_by_group, state_probe_r2
+from core.app import InputError
 
 
 def test_embedded_imitation_rollouts_split_like_the_source_note():
@@ -39,32 +40,32 @@ def test_d4rl_layout_splits_at_terminals_and_timeouts(tmp_path):
 
 
 def test_errors_name_the_problem(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         resolve_data(str(tmp_path / "nope.npz"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no .npz"):
+    with pytest.raises(InputError, match="no .npz"):
         resolve_data(str(tmp_path / "empty"))
     bad = tmp_path / "x.csv"
     bad.write_text("a,b\n")
-    with pytest.raises(DataError, match="expected an .npz"):
+    with pytest.raises(InputError, match="expected an .npz"):
         resolve_data(str(bad))
     junk = tmp_path / "junk.npz"
     junk.write_text("not a zip")
-    with pytest.raises(DataError, match="junk.npz: not a readable"):
+    with pytest.raises(InputError, match="junk.npz: not a readable"):
         load_rollouts(junk)
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, X=np.zeros(3))
-    with pytest.raises(DataError, match="expected arrays"):
+    with pytest.raises(InputError, match="expected arrays"):
         load_rollouts(wrong)
     nan = tmp_path / "nan_pendulum.npz"
     obs = np.zeros((10, 3), np.float32)
     obs[6, 1] = np.nan
     np.savez(nan, observations=obs, actions=np.zeros((10, 1)), rewards=np.zeros(10))
-    with pytest.raises(DataError, match="nan_pendulum.npz: array 'observations' has a non-finite value at row 6"):
+    with pytest.raises(InputError, match="nan_pendulum.npz: array 'observations' has a non-finite value at row 6"):
         load_rollouts(nan)
     unknown = tmp_path / "hopper.npz"
     np.savez(unknown, observations=np.zeros((10, 11)), actions=np.zeros((10, 3)), rewards=np.zeros(10))
-    with pytest.raises(DataError, match="unknown task"):
+    with pytest.raises(InputError, match="unknown task"):
         load_rollouts(unknown)
 
 
@@ -100,3 +101,27 @@ def test_state_probe_against_least_squares_and_noise():
     assert state_probe_r2(rng.normal(size=(400, 5)), y, groups)["r2"] < 0.1
     with pytest.raises(ValueError, match="non-finite"):
         state_probe_r2(np.full((400, 5), np.nan), y, groups)
+
+
+def test_probe_refuses_too_few_episodes_or_samples():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 5))
+    y = x @ rng.normal(size=(5, 2))
+    two = state_probe_r2(x, y, np.repeat([0, 1], 200))  # fit on one episode, test on the other
+    assert two["r2"] is None and "2 episode(s)" in two["refused"]
+    few = state_probe_r2(x[:40], y[:40], np.repeat(np.arange(8), 5), test_mask=np.arange(40) >= 36)
+    assert few["r2"] is not None  # 36 training samples >= 2 x 5 features
+    wide = state_probe_r2(rng.normal(size=(40, 30)), y[:40], np.repeat(np.arange(8), 5))
+    assert wide["r2"] is None and "training samples for 30 features" in wide["refused"]
+
+
+def test_release_file_with_a_pickled_infos_array_is_read_without_unpickling(tmp_path):
+    """imitation's release keeps a pickled `infos` object array beside the arrays; it is skipped, never loaded."""
+    raw = dict(np.load(ALIASES["cartpole"]))
+    folder = tmp_path / "cartpole_0" / "rollouts"
+    folder.mkdir(parents=True)
+    infos = np.empty(len(raw["acts"]), dtype=object)
+    infos[:] = [{}] * len(infos)
+    np.savez(folder / "final.npz", infos=infos, **raw)
+    ro = load_rollouts(folder / "final.npz", max_episodes=3)
+    assert ro.name == "cartpole_0" and ro.task == "cartpole" and len(ro.episodes) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from apps.rl.replay import ReplayBuffer, bytes_per_million_frames
 
@@ -106,3 +107,29 @@ def test_bad_arguments():
         ReplayBuffer(0, 3, 3, 0.99)
     with pytest.raises(ValueError, match="no complete sample"):
         ReplayBuffer(100, 3, 3, 0.99).sample(2)
+
+
+def test_checkpoint_state_round_trips_ids_pending_episode_and_sampling():
+    rng = np.random.default_rng(4)
+    buf = ReplayBuffer(25, 1, 1, 0.99, seed=3)
+    eps = [_episode(rng, 10) for _ in range(3)]
+    ids = [buf.add_episode(*ep) or buf.episode_ids[-1] for ep in eps]
+    assert ids == [0, 1, 2] and list(buf.episode_ids) == [1, 2] and buf.next_id == 3  # episode 0 evicted
+    f, a, r, d = _episode(rng, 4)
+    buf.start_episode(f[0])
+    for i in range(2):
+        buf.add(a[i], r[i], d[i], f[i + 1])
+    buf.sample(5)
+    # a copy built from the state: stored episodes (as tensors), ids, pending episode, sampling generator
+    copy = ReplayBuffer(25, 1, 1, 0.99, seed=99)
+    for i, ep in zip(buf.episode_ids, buf.episodes, strict=True):
+        copy.store(i, ReplayBuffer.episode_arrays(ReplayBuffer.episode_tensors(ep)))
+    copy.next_id = buf.next_id
+    copy.set_pending(buf.pending())
+    copy.set_rng_state(buf.rng_state())
+    for b in (buf, copy):
+        b.add(a[2], r[2], d[2], f[3])
+    assert buf.end_episode() == copy.end_episode() == 3
+    x, y = buf.sample(7), copy.sample(7)
+    assert all(torch.equal(x[k], y[k]) for k in x)
+    np.testing.assert_array_equal(buf.episodes[-1]["frames"], copy.episodes[-1]["frames"])

@@ -1,18 +1,24 @@
-"""End to end through the command line on a tiny synthetic data set: report, resume, bad input, embed, help."""
+"""End to end through the command line on a tiny synthetic data set: report, evaluation on other data, resume, bad
+input, embed, prepare, help, configs."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from apps.speaker.__main__ import build_parser, main
-from apps.speaker.config import SpeakerConfig
+from apps.speaker.__main__ import APP, main
+from apps.speaker.config import VARIANTS, SpeakerSettings
+from core.app import COMMON_FLAGS, InputError, load_torch
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _write_speakers(root: Path, n_spk: int, n_utt: int, seconds: float, sr: int, seed: int) -> Path:
@@ -39,29 +45,50 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _args(data: tuple[Path, Path], run: Path, *extra: str) -> list[str]:
-    return ["--data", str(data[0]), "--eval-data", str(data[1]), "--run-dir", str(run), "--encoder", "ecapa",
+    return ["--data", str(data[0]), "--test-data", str(data[1]), "--run-dir", str(run), "--encoder", "ecapa",
             "--width", "8", "--embed-dim", "8", "--epochs", "1", "--batch-size", "4", "--holdout-speakers", "2",
             "--n-trials", "15", "--segment-seconds", "1.0", "--crop-seconds", "1.0", "--threads", "1",
-            "--no-progress", "--loss", "aam_sym", *extra]
+            "--no-progress", "--losses", "aam_sym", *extra]
 
 
-def test_run_report_resume_and_embed(data: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+def _eers(report: dict) -> dict[tuple[str, str], float]:
+    return {(r["method"], r["dataset"]): r["metrics"]["eer"] for r in report["rows"]}
+
+
+def test_run_report_other_data_resume_and_embed(data: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     assert main(["run", *_args(data, run)]) == 0
-    root = run / "aam_sym"
-    rep = json.loads((root / "report.json").read_text())
-    assert {"app", "dataset", "method", "metrics", "baselines", "seconds", "config"} <= set(rep)
-    assert rep["app"] == "speaker" and rep["method"] == "aam_sym" and set(rep["baselines"]) == {"mfcc", "untrained"}
-    for m in (rep["metrics"], *rep["baselines"].values()):
-        assert {"eer", "min_dcf_p01", "min_dcf_p05", "eval_eer", "heldout_eer"} <= set(m)
-        assert m["eer"] == m["eval_eer"] and 0 <= m["eer"] <= 1 and 0 <= m["min_dcf_p01"] <= 1
-    for f in ("report.md", "det.png", "score_histograms.png", "trials_eval.txt", "trials_heldout.txt", "encoder.pt",
-              "checkpoints/last.ckpt", "train_stats.json"):
+    root = run / "aam_sym" / "seed0"
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["app"] == "speaker" and rep["verb"] == "run" and rep["metric"] == "eer"
+    assert rep["higher_is_better"] is False and set(rep["baselines"]) == {"mfcc", "untrained"}
+    eers = _eers(rep)
+    assert set(eers) == {(m, d) for m in ("aam_sym", "mfcc", "untrained") for d in ("eval", "heldout")}
+    for r in rep["rows"]:
+        assert r["seed"] == 0 and set(r["metrics"]) == {"eer", "min_dcf_p01", "min_dcf_p05"}
+        assert 0 <= r["metrics"]["eer"] <= 1 and 0 <= r["metrics"]["min_dcf_p01"] <= 1
+    assert set(rep["extra"]["eval_sets"]) == {"eval", "heldout"}
+    assert rep["extra"]["train"]["aam_sym"]["global_step"] >= 1
+    for f in ("report.md", "det.png", "score_histograms.png", "trials_eval.txt", "trials_heldout.txt",
+              "settings.json"):
+        assert (run / f).is_file(), f
+    assert set(rep["plots"]) == {"det.png", "score_histograms.png"}
+    for f in ("encoder.pt", "checkpoints/last.ckpt", "train_stats.json"):
         assert (root / f).is_file(), f
     # the generated trial list is valid for --trials: evaluating with it reproduces the metrics exactly
-    assert main(["evaluate", *_args(data, run, "--trials", str(root / "trials_eval.txt"))]) == 0
-    rep2 = json.loads((root / "report.json").read_text())
-    assert rep2["metrics"]["eer"] == pytest.approx(rep["metrics"]["eer"])
+    assert main(["evaluate", *_args(data, run, "--trials", str(run / "trials_eval.txt"))]) == 0
+    rep2 = json.loads((run / "report.json").read_text())
+    assert _eers(rep2)[("aam_sym", "eval")] == pytest.approx(eers[("aam_sym", "eval")])
+    # evaluate on other data: its own report in <run-dir>/eval/<name>/, the run's report untouched
+    other = data[1].parent / "other"
+    if not other.exists():
+        other.symlink_to(data[1], target_is_directory=True)
+    before = (run / "report.json").read_bytes()
+    assert main(["evaluate", *_args(data, run, "--eval-data", str(other))]) == 0
+    assert (run / "report.json").read_bytes() == before
+    rep3 = json.loads((run / "eval" / "other" / "report.json").read_text())
+    assert {d for _, d in _eers(rep3)} == {"other"} and (run / "eval" / "other" / "trials_other.txt").is_file()
+    assert _eers(rep3)[("aam_sym", "other")] == pytest.approx(eers[("aam_sym", "eval")])  # same audio, same seed
     # a second run finds the encoder and does not train again
     capsys.readouterr()
     assert main(["run", *_args(data, run)]) == 0
@@ -69,43 +96,73 @@ def test_run_report_resume_and_embed(data: tuple[Path, Path], tmp_path: Path, ca
     # embed: one row per file, equal to what evaluate embeds
     out = tmp_path / "emb.npy"
     files = sorted(data[1].rglob("*.wav"))
-    assert main(["embed", str(data[1]), "--out", str(out), "--checkpoint", str(root / "encoder.pt"),
-                 "--no-progress"]) == 0
+    assert main(["embed", str(data[1]), "--output", str(out), "--run-dir", str(run), "--loss", "aam_sym",
+                 "--no-progress", "--threads", "1"]) == 0
     emb = np.load(out)
     assert emb.shape == (len(files), 8) and np.isfinite(emb).all()
     assert out.with_suffix(".txt").read_text().split() == [str(f) for f in files]
+    assert main(["embed", str(data[1]), "--output", str(tmp_path / "e.csv"), "--run-dir", str(run),
+                 "--loss", "aam_sym"]) == 2
+    assert "--output must end in .npy" in capsys.readouterr().err
 
 
-def test_interrupted_fit_resumes_from_last_checkpoint(data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_sweep_over_seeds_reports_mean_and_std(data: tuple[Path, Path], tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert main(["fit", *_args(data, run)]) == 0
-    root = run / "aam_sym"
-    steps_one = json.loads((root / "train_stats.json").read_text())["global_step"]
-    # pretend the 2-epoch fit was interrupted after epoch 1: the checkpoint is there, the final encoder is not
+    assert main(["sweep", "--seeds", "0", "1", *_args(data, run, "--losses", "simclr", "am")]) == 0
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["verb"] == "sweep" and {r["seed"] for r in rep["rows"]} == {0, 1}
+    assert {(r["method"], r["seed"]) for r in rep["rows"]} == {(m, s) for m in ("simclr", "am", "mfcc", "untrained")
+                                                               for s in (0, 1)}
+    for seed in (0, 1):
+        assert json.loads((run / f"seed{seed}" / "report.json").read_text())["rows"][0]["seed"] == seed
+        assert (run / f"seed{seed}" / "eer_by_method.png").is_file()
+        for loss in ("simclr", "am"):
+            assert (run / loss / f"seed{seed}" / "encoder.pt").is_file()
+    summary = {(x["method"], x["dataset"]): x for x in rep["summary"]}
+    assert summary[("am", "eval")]["seeds"] == [0, 1] and "std" in summary[("am", "eval")]["metrics"]["eer"]
+
+
+def test_interrupted_fit_resumes_exactly(data: tuple[Path, Path], tmp_path: Path) -> None:
+    """A fit interrupted after epoch 1 of 3 and resumed ends with the uninterrupted fit's weights, bit for bit
+    (crops, augmentation and data order all follow the step- and epoch-seeded generators)."""
+    import shutil
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["fit", *_args(data, whole, "--epochs", "3")]) == 0
+    steps = json.loads((whole / "aam_sym" / "seed0" / "train_stats.json").read_text())["global_step"]
+    shutil.copytree(whole, cut)
+    root = cut / "aam_sym" / "seed0"
+    # the state after a kill during epoch 2: the epoch-1 checkpoint, no later one, no final encoder
     (root / "encoder.pt").unlink()
-    cfg = json.loads((root / "config.json").read_text())
-    cfg["epochs"] = 2
-    (root / "config.json").write_text(json.dumps(cfg))
-    assert main(["fit", *_args(data, run), "--epochs", "2"]) == 0
+    for ckpt in (root / "checkpoints").glob("*.ckpt"):
+        if not ckpt.name.startswith("epoch=0-"):
+            ckpt.unlink()
+    assert main(["fit", *_args(data, cut, "--epochs", "3")]) == 0
     stats = json.loads((root / "train_stats.json").read_text())
-    assert stats["global_step"] == 2 * steps_one  # counted over the whole run
-    assert stats["utterances_per_second"] > 0
-    assert stats["steps_last_attempt"] == steps_one  # this attempt ran only the second epoch
+    assert stats["global_step"] == steps  # counted over the whole run
+    assert stats["steps_last_attempt"] == steps * 2 // 3 and stats["utterances_per_second"] > 0
+    a = load_torch(whole / "aam_sym" / "seed0" / "encoder.pt")["state_dict"]
+    b = load_torch(root / "encoder.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
 @pytest.mark.parametrize("extra, match", [
     (["--data", "/nonexistent/path"], "does not exist"),
-    (["--lr", "nan"], "lr must be a positive finite number"),
+    (["--lr", "nan"], "lr must be finite"),
     (["--holdout-speakers", "9"], "leaves fewer than 2"),
-    (["--batch-size", "1"], "batch_size must be an integer >= 2"),
-    (["--loss", "simclr_sym", "--queue-size", "16"], "needs a non-symmetric loss"),
+    (["--batch-size", "1"], "batch_size must be >= 2"),
+    (["--losses", "simclr_sym", "--queue-size", "16"], "needs a non-symmetric loss"),
+    (["--losses", "triplet"], "losses must be one of"),
+    (["--encoder", "ecapa", "--width", "6"], "divisible by 4"),
+    (["--trials", "/nonexistent/trials.txt"], "trial list /nonexistent/trials.txt does not exist"),
 ])
-def test_bad_input_exits_nonzero_without_report(data: tuple[Path, Path], tmp_path: Path, capsys, extra: list[str],
-                                                 match: str) -> None:
+def test_bad_setting_exits_2_and_writes_nothing(data: tuple[Path, Path], tmp_path: Path, capsys, extra: list[str],
+                                                match: str) -> None:
     run = tmp_path / "run"
     assert main(["run", *_args(data, run), *extra]) == 2
-    assert match in capsys.readouterr().err
-    assert not list(run.rglob("report.json"))
+    err = capsys.readouterr().err
+    assert "error:" in err and match in err
+    assert not run.exists() or not any(run.rglob("*"))
 
 
 def test_bad_trial_list_names_the_line(data: tuple[Path, Path], tmp_path: Path, capsys) -> None:
@@ -114,39 +171,101 @@ def test_bad_trial_list_names_the_line(data: tuple[Path, Path], tmp_path: Path, 
     run = tmp_path / "run"
     assert main(["run", *_args(data, run, "--trials", str(trials))]) == 2
     assert "t.txt line 3" in capsys.readouterr().err
-    assert not list(run.rglob("report.json"))
+    assert not run.exists() or not any(run.rglob("*"))
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["evaluate", *_args(data, run), "--eval-data", str(empty)]) == 2
     assert "no audio files" in capsys.readouterr().err
 
 
-def test_help_explains_every_option(capsys) -> None:
-    parser = build_parser()
+def test_help_of_every_verb(capsys) -> None:
+    parser = APP.parser()
+    settings_flags = ["--" + f.name.replace("_", "-") for f in dataclasses.fields(SpeakerSettings)]
+    for verb in ("fit", "evaluate", "run", "sweep"):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([verb, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        for flag in (*COMMON_FLAGS, *settings_flags):
+            assert flag in text, (verb, flag)
+    for verb, flags in (("embed", ("--output", "--checkpoint", "--run-dir", "--seed", "--threads", "--progress",
+                                   "--loss", "--max-seconds")),
+                        ("prepare", ("--librispeech", "--fsdd", "--out", "--fsdd-max-index"))):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([verb, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        for flag in flags:
+            assert flag in text, (verb, flag)
+        assert "--epochs" not in text  # short: no training options
     with pytest.raises(SystemExit):
-        parser.parse_args(["fit", "--help"])
-    text = capsys.readouterr().out
-    for f in dataclasses.fields(SpeakerConfig):
-        assert "--" + f.name.replace("_", "-") in text, f.name
-    with pytest.raises(SystemExit):
-        parser.parse_args(["embed", "--help"])
-    assert "--checkpoint" in capsys.readouterr().out
+        parser.parse_args(["sweep", "--help"])
+    assert "--seeds" in capsys.readouterr().out
 
 
-def test_quick_preset_is_valid_and_yaml_layering(tmp_path: Path) -> None:
-    from apps.speaker.__main__ import config_from_args
+def _settings(*argv: str) -> SpeakerSettings:
+    return APP.settings_from_args(APP.parser().parse_args(["fit", *argv]))
 
+
+def test_quick_preset_yaml_layering_and_losses(tmp_path: Path) -> None:
+    q = _settings("--quick")
+    assert q.seed == 0 and q.epochs == 8 and q.run_dir == "runs/speaker_quick" and q.losses == ["am_sym"]
     y = tmp_path / "c.yaml"
-    y.write_text("epochs: 3\nloss: am\n")
-    cfg = config_from_args(build_parser().parse_args(["fit", "--quick", "--config", str(y), "--epochs", "4"]))
-    assert cfg.epochs == 4 and cfg.loss == "am" and cfg.encoder == SpeakerConfig.quick().encoder
+    y.write_text("epochs: 3\nlosses: [am]\n")
+    s = _settings("--quick", "--config", str(y), "--epochs", "4")
+    assert s.epochs == 4 and s.losses == ["am"] and s.warmup_steps == SpeakerSettings.quick().warmup_steps
+    assert _settings("--losses", "all").losses == list(VARIANTS)
+    assert _settings("--losses", "am", "am", "simclr").losses == ["am", "simclr"]
     y.write_text("epochs: [3\n")
-    with pytest.raises(ValueError, match="c.yaml line"):
-        config_from_args(build_parser().parse_args(["fit", "--config", str(y)]))
+    with pytest.raises(InputError, match="c.yaml line"):
+        _settings("--config", str(y))
     y.write_text("nonsense: 1\n")
-    with pytest.raises(ValueError, match="unknown option"):
-        config_from_args(build_parser().parse_args(["fit", "--config", str(y)]))
-    shutil.rmtree(tmp_path)
+    with pytest.raises(InputError, match="unknown option"):
+        _settings("--config", str(y))
+
+
+def test_full_config_needs_data_and_stays_in_the_repository(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    full = REPO / "apps" / "speaker" / "configs" / "full.yaml"
+    values = yaml.safe_load(full.read_text())
+    assert not any(isinstance(v, str) and ".." in v for v in values.values())
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(full), "--run-dir", str(run)]) == 2
+    assert "no training data: pass --data PATH" in capsys.readouterr().err
+    assert not run.exists()
+    s = _settings("--config", str(full), "--data", "d/librispeech", "--test-data", "d/fsdd")
+    assert s.losses == list(VARIANTS) and s.epochs == 60 and s.seed == 0 and s.holdout_speakers == 51
+
+
+def test_prepare_copies_the_releases_into_the_tree_layout(data: tuple[Path, Path], tmp_path: Path) -> None:
+    from apps.speaker.data import load_collection
+    from apps.speaker.prepare import full_utterances, prepare_librispeech
+
+    ids = full_utterances()
+    assert len(ids) == 251 and len({u.split("-")[0] for u in ids}) == 251
+    wav = next(data[0].rglob("*.wav")).read_bytes()
+    libri = tmp_path / "LibriSpeech" / "train-clean-100"
+    for u in ids[:3] + ["19-198-0001"]:  # OpenSLR layout <speaker>/<chapter>/<id>.flac (content: any audio)
+        spk, chapter, _ = u.split("-")
+        (libri / spk / chapter).mkdir(parents=True, exist_ok=True)
+        (libri / spk / chapter / f"{u}.flac").write_bytes(wav)
+    out = tmp_path / "prepared"
+    assert prepare_librispeech(libri, out / "librispeech", ids[:3], log=lambda m: None) == 3
+    col = load_collection(out / "librispeech")
+    assert sorted(u.key for u in col.utterances) == sorted(f"{u.split('-')[0]}/{u}.flac" for u in ids[:3])
+    with pytest.raises(InputError, match="248 of the 251 full-mode utterances are missing"):
+        prepare_librispeech(libri, out / "x", log=lambda m: None)
+    fsdd = tmp_path / "free-spoken-digit-dataset" / "recordings"
+    fsdd.mkdir(parents=True)
+    for name in ("0_george_0", "3_george_44", "3_george_45", "9_theo_2"):
+        (fsdd / f"{name}.wav").write_bytes(wav)
+    (fsdd.parent / "README.md").write_text("not audio")
+    assert main(["prepare", "--fsdd", str(fsdd.parent), "--out", str(out)]) == 0
+    col = load_collection(out / "fsdd")
+    assert sorted(u.key for u in col.utterances) == ["george/0_george_0.wav", "george/3_george_44.wav",
+                                                     "theo/9_theo_2.wav"]
+    assert main(["prepare", "--out", str(out)]) == 2
 
 
 def test_cpc_pretraining_and_moco_queue(data: tuple[Path, Path], tmp_path: Path) -> None:
@@ -156,13 +275,27 @@ def test_cpc_pretraining_and_moco_queue(data: tuple[Path, Path], tmp_path: Path)
 
     run = tmp_path / "run"
     args = _args(data, run, "--cpc-epochs", "1", "--cpc-steps", "2", "--queue-size", "8")
-    args[args.index("--loss") + 1] = "am"
+    args[args.index("--losses") + 1] = "am"
     assert main(["fit", *args]) == 0
-    root = run / "am"
+    root = run / "am" / "seed0"
     cpc_enc, final = load_encoder(root / "cpc" / "encoder.pt"), load_encoder(root / "encoder.pt")
     assert (root / "cpc" / "checkpoints" / "last.ckpt").is_file()
     # the contrastive stage started from the CPC weights and then moved away from them
     a, b = cpc_enc.state_dict(), final.state_dict()
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
-    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = load_torch(root / "checkpoints" / "last.ckpt")  # weights_only: only tensors and plain values
     assert int(ckpt["state_dict"]["queue.n_filled"]) > 0  # the MoCo queue is part of the checkpoint
+
+
+@pytest.mark.slow
+def test_two_process_run_writes_one_report(data: tuple[Path, Path], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "apps.speaker", "run", *_args(data, run), "--accelerator", "cpu", "--devices", "2",
+           "--strategy", "ddp"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rep = json.loads((run / "report.json").read_text())
+    assert len(rep["rows"]) == 6
+    stats = json.loads((run / "aam_sym" / "seed0" / "train_stats.json").read_text())
+    assert stats["devices"] == 2

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from apps.speaker.data import (
     SAMPLE_RATE,
     Collection,
-    DataError,
     Utterance,
     balanced_trials,
     load_collection,
@@ -22,7 +22,9 @@ from apps.speaker.data import (
     split_speakers,
     write_trials,
 )
-from apps.speaker.train import CropPairs, crop
+from apps.speaker.model import random_crops
+from apps.speaker.train import Utterances, crop, pad_batch
+from core.app import InputError
 
 
 def _tone(f0: float, seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,9 +69,9 @@ def test_csv_manifest_and_pattern(tmp_path: Path) -> None:
     col2 = load_collection(flat, speaker_pattern=r"^\d+_([a-z]+)_")
     assert [u.speaker for u in col2.utterances] == ["alice", "bob"]
     (flat / "nomatch.wav").write_bytes(b"x")
-    with pytest.raises(DataError, match="nomatch.wav.*does not match"):
+    with pytest.raises(InputError, match="nomatch.wav.*does not match"):
         load_collection(flat, speaker_pattern=r"^\d+_([a-z]+)_")
-    with pytest.raises(DataError, match="needs a group"):
+    with pytest.raises(InputError, match="needs a group"):
         load_collection(flat, speaker_pattern=r"^\d+")
 
 
@@ -83,26 +85,26 @@ def test_manifest_errors_name_line(tmp_path: Path, text: str, match: str) -> Non
     _tree(tmp_path / "data")
     man = tmp_path / "bad.csv"
     man.write_text(text)
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(InputError, match=match):
         load_collection(man)
 
 
 def test_bad_paths_and_audio(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         load_collection(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no audio files"):
+    with pytest.raises(InputError, match="no audio files"):
         load_collection(tmp_path / "empty")
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
-    with pytest.raises(DataError, match="bad.wav: cannot read audio"):
+    with pytest.raises(InputError, match="bad.wav: cannot read audio"):
         read_audio(bad)
     nan = tmp_path / "nan.wav"
     sf.write(nan, np.array([0.0, np.nan, 0.1], dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
-    with pytest.raises(DataError, match="non-finite"):
+    with pytest.raises(InputError, match="non-finite"):
         read_audio(nan)
     one = _tree(tmp_path / "one", n_spk=1)
-    with pytest.raises(DataError, match="1 speaker"):
+    with pytest.raises(InputError, match="1 speaker"):
         load_collection(one)
 
 
@@ -122,16 +124,16 @@ def test_trial_lists(tmp_path: Path) -> None:
     back = read_trials(path, keys)
     assert (back.labels == tr.labels).all() and (back.enroll == tr.enroll).all()
     path.write_text("1 a/1.wav a/2.wav\n0 a/1.wav b/1.wav\n2 a/1.wav c/1.wav\n")
-    with pytest.raises(DataError, match="trials.txt line 3: label must be 0 or 1"):
+    with pytest.raises(InputError, match="trials.txt line 3: label must be 0 or 1"):
         read_trials(path, keys)
     path.write_text("1 a/1.wav a/2.wav\n0 a/1.wav zzz.wav\n")
-    with pytest.raises(DataError, match="line 2: 'zzz.wav' is not a file"):
+    with pytest.raises(InputError, match="line 2: 'zzz.wav' is not a file"):
         read_trials(path, keys)
     path.write_text("1 a/1.wav\n")
-    with pytest.raises(DataError, match="line 1: expected 'label enroll test'"):
+    with pytest.raises(InputError, match="line 1: expected 'label enroll test'"):
         read_trials(path, keys)
     path.write_text("1 a/1.wav a/2.wav\n")
-    with pytest.raises(DataError, match="both target"):
+    with pytest.raises(InputError, match="both target"):
         read_trials(path, keys)
 
 
@@ -147,12 +149,22 @@ def test_segments_split_speakers_and_crops() -> None:
                                                                                   strict=True))
     train, held = split_speakers([f"s{i}" for i in range(10)], 3, seed=1)
     assert len(held) == 3 and not set(train) & set(held) and sorted(train + held) == sorted(f"s{i}" for i in range(10))
-    with pytest.raises(DataError, match="fewer than 2"):
+    with pytest.raises(InputError, match="fewer than 2"):
         split_speakers(["a", "b", "c"], 2, 0)
     short = np.arange(5, dtype=np.float32)
     assert crop(short, 12, 0).tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]  # wrapped
-    ds = CropPairs(audio, 1.0)
-    x1, x2 = ds[0]
-    assert x1.shape == x2.shape == (SAMPLE_RATE,)
-    # each crop is a contiguous window of the utterance (audio[0] is a ramp)
-    assert (np.diff(x1.numpy()) == 1).all() and (np.diff(x2.numpy()) == 1).all()
+    waves, lengths = pad_batch([Utterances(audio)[i] for i in range(2)])
+    assert waves.shape == (2, len(audio[0])) and lengths.tolist() == [len(a) for a in audio]
+    assert waves[1, len(audio[1]):].abs().max() == 0  # zero padding
+    torch.manual_seed(0)
+    crops = random_crops(waves, lengths, SAMPLE_RATE)
+    assert crops.shape == (2, SAMPLE_RATE)
+    # a crop of the long utterance is a contiguous window of it (audio[0] is a ramp) inside its length; the short
+    # one (0.5 s) is wrapped from its start, like crop()
+    x = crops[0].numpy()
+    assert (np.diff(x) == 1).all() and 0 <= x[0] <= len(audio[0]) - SAMPLE_RATE
+    assert crops[1].numpy().tolist() == crop(audio[1], SAMPLE_RATE, 0).tolist()
+    starts = {int(random_crops(waves, lengths, SAMPLE_RATE)[0, 0]) for _ in range(50)}
+    assert len(starts) > 40 and max(starts) <= len(audio[0]) - SAMPLE_RATE  # spread over the valid range
+    torch.manual_seed(0)
+    assert torch.equal(random_crops(waves, lengths, SAMPLE_RATE), crops)  # follows the seeded generator

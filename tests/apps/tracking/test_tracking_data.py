@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.tracking.data import SHARED, DataError, find_detectors, find_events, read_detectors, read_event
+from apps.tracking.data import EMBEDDED, SHARED, dataset_name, find_detectors, find_events, read_detectors, read_event
+from core.app import InputError
 
 HITS = "hit_id,x,y,z,volume_id,layer_id,module_id\n"
 TRUTH = "hit_id,particle_id,tx,ty,tz,tpx,tpy,tpz,weight\n"
@@ -48,21 +49,21 @@ def write(folder: Path, hits: str, truth: str | None = None) -> Path:
 )
 def test_bad_files_name_file_and_line(tmp_path: Path, hits: str, truth: str | None, match: str) -> None:
     folder = write(tmp_path / "d", hits, truth)
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(InputError, match=match):
         read_event(find_events(folder)[0])
 
 
 def test_missing_and_empty_paths(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         find_events(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no TrackML event files"):
+    with pytest.raises(InputError, match="no TrackML event files"):
         find_events(tmp_path / "empty")
     (tmp_path / "event000000001-hits.csv").write_text("")
-    with pytest.raises(DataError, match="is empty"):
+    with pytest.raises(InputError, match="is empty"):
         read_event(tmp_path / "event000000001")
     folder = write(tmp_path / "nt", HITS + "1,1,2,3,8,2,1\n")
-    with pytest.raises(DataError, match="truth"):
+    with pytest.raises(InputError, match="truth"):
         read_event(find_events(folder)[0], require_truth=True)
 
 
@@ -73,3 +74,12 @@ def test_event_prefix_and_file_paths_resolve(tmp_path: Path) -> None:
     assert find_events(tmp_path / "event000000001-hits.csv.gz") == [tmp_path / "event000000001"]
     # no detectors.csv next to the copy: the embedded geometry is used
     assert find_detectors(tmp_path) == SHARED / "detectors.csv.gz"
+
+
+def test_embedded_data_set_by_name(tmp_path: Path) -> None:
+    assert find_events(EMBEDDED) == find_events(None) == [SHARED / "event000000001"]
+    assert find_detectors(EMBEDDED) == SHARED / "detectors.csv.gz"
+    assert dataset_name(EMBEDDED) == dataset_name(None) == EMBEDDED
+    assert dataset_name(tmp_path / "my_events") == "my_events"
+    with pytest.raises(InputError, match="empty"):
+        find_events(" ")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apps.tracking.data import SHARED, DataError, read_event, write_event
+from apps.tracking.data import SHARED, read_event, write_event
 from apps.tracking.simulate import Geometry, SimConfig, helix_radius_mm, simulate_event, trackml_weights
+from core.app import InputError
 
 
 @pytest.fixture(scope="module")
@@ -118,5 +119,5 @@ def test_write_read_roundtrip(tmp_path, geo: Geometry) -> None:
 
 def test_bad_settings_are_refused() -> None:
     for bad in (dict(pileup=0), dict(pt_min=2, pt_max=1), dict(noise_fraction=1.0), dict(pt_alpha=1.0)):
-        with pytest.raises(DataError):
+        with pytest.raises(InputError):
             SimConfig(**bad).validate()
