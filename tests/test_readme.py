@@ -32,7 +32,8 @@ def commands(path: Path) -> list[tuple[str, list[str]]]:
     lines = [ln for lang, body in code_blocks(text) if lang in ("", "bash", "sh", "shell", "console")
              for ln in body.replace("\\\n", " ").splitlines()]
     outside = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # inline code, e.g. in tables
-    lines += [span for span in re.findall(r"`([^`\n]+)`", outside) if "python -m " in span]
+    spans = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", outside)]  # may wrap across lines
+    lines += [span for span in spans if "python -m " in span]
     for line in lines:
         try:
             words = shlex.split(line, comments=True)

@@ -21,7 +21,6 @@ Metrics per task: ROC-AUC (``roc_auc``, the headline) and average precision with
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from apps.anomaly.config import AnomalySettings
 from apps.anomaly.model import bn_adapted, embed
 from apps.anomaly.train import Experiment, Task, load_fitted
 from core.app import Run
-from core.app.files import atomic_write
+from core.app.files import save_figure
 from core.metrics.knn import knn_scores
 
 __all__ = ["task_scores", "summarize", "evaluate", "METHOD_NAMES", "SHORT_NAMES", "MEAN"]
@@ -113,9 +112,7 @@ def summarize(per_task: dict[str, dict[str, dict[str, float]]]) -> dict[str, dic
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    save_figure(fig, path)
 
 
 def _plots(out: Path, summary: dict, scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray],

@@ -20,7 +20,7 @@ from apps.recommendation.config import RecConfig
 from apps.recommendation.model import SeqRecModule, ranking_metrics, target_ranks
 from apps.recommendation.train import Experiment, eval_loader, eval_split, load_model, read_fit
 from core.app import InputError, Report
-from core.app.files import atomic_write
+from core.app.files import save_figure
 
 __all__ = ["evaluate_methods", "heldout_ranks", "pop_ranks", "recommend", "best_fitted_method", "PAPER", "METRICS",
            "HEADLINE"]
@@ -73,10 +73,7 @@ def pop_ranks(exp: Experiment, cfg: RecConfig, split: str = "test") -> np.ndarra
 
 
 def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plots(out: Path, results: dict[str, dict[str, float]], paper: dict | None, histories: dict) -> list[str]:

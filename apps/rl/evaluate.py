@@ -16,6 +16,7 @@ from apps.rl.online import agent_dir, score_agent, train_agent
 from apps.rl.probe import MIN_PROBE_EPISODES
 from apps.rl.settings import AGENT_NAMES, RLSettings
 from core.app import Run, read_json, write_json
+from core.app.files import save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -141,8 +142,7 @@ def _plot_bars(out: Path, per: dict, methods: list[str]) -> str:
         ax.legend()
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(out / "offline_probe_bc.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "offline_probe_bc.png")
     return "offline_probe_bc.png"
 
 
@@ -159,8 +159,7 @@ def _plot_losses(out: Path, per: dict, methods: list[str]) -> str:
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "offline_pretrain_loss.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "offline_pretrain_loss.png")
     return "offline_pretrain_loss.png"
 
 
@@ -263,6 +262,5 @@ def _plot_curves(out: Path, s: RLSettings, scores: dict[str, dict]) -> str:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "learning_curves.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "learning_curves.png")
     return "learning_curves.png"

@@ -5,7 +5,7 @@
     python -m apps.speaker run      [same options]                 # fit, then evaluate (--losses all: the ablation)
     python -m apps.speaker sweep    --seeds 0 1 2 [same options]   # run once per seed; mean +- std
     python -m apps.speaker embed    FILE_OR_DIR ... --output emb.npy [--checkpoint encoder.pt]
-    python -m apps.speaker prepare  --librispeech DIR --fsdd DIR --out DIR   # full mode's data
+    python -m apps.speaker prepare  --librispeech DIR --fsdd DIR --output DIR   # full mode's data
 
 Settings are layered: defaults (or the ``--quick`` preset), then ``--config FILE.yaml``, then flags. Re-running an
 interrupted command resumes from the last checkpoint of each loss in the run directory.
@@ -110,7 +110,7 @@ def _prepare_arguments(p: argparse._ArgumentGroup) -> None:
                         "Resemblyzer's audio_data/librispeech_train-clean-100/)")
     p.add_argument("--fsdd", metavar="DIR", default=None,
                    help="a clone of the Free Spoken Digit Dataset (or its recordings/ folder)")
-    p.add_argument("--out", metavar="DIR", required=True,
+    p.add_argument("--output", dest="out", metavar="DIR", required=True,
                    help="output folder: OUT/librispeech/<speaker>/ and OUT/fsdd/<speaker>/")
     p.add_argument("--fsdd-max-index", type=int, default=45,
                    help="keep FSDD recordings with index below this (default: 45, the 2,700 of the results table)")

@@ -38,6 +38,7 @@ from apps.speaker.metrics import cosine_scores, error_rates, verification_metric
 from apps.speaker.model import build_encoder
 from apps.speaker.train import Experiment, crop, load_encoder
 from core.app import InputError, Report, Run, is_main_process, read_json
+from core.app.files import save_figure
 
 __all__ = ["EvalSet", "eval_sets", "embed_waves", "MFCCStats", "evaluate_encoders", "METHOD_NAMES", "BASELINES"]
 
@@ -176,8 +177,7 @@ def _plots(folder: Path, scores: dict[str, dict[str, np.ndarray]], sets: list[Ev
         ax.grid(alpha=0.3)
     fig.tight_layout()
     names.append("det.png")
-    fig.savefig(folder / names[-1], dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / names[-1])
     fig, axes = plt.subplots(len(losses), len(sets), figsize=(5 * len(sets), 3.2 * len(losses)), squeeze=False)
     for row, loss in zip(axes, losses, strict=True):
         for ax, es in zip(row, sets, strict=True):
@@ -189,8 +189,7 @@ def _plots(folder: Path, scores: dict[str, dict[str, np.ndarray]], sets: list[Ev
             ax.legend(fontsize=7)
     fig.tight_layout()
     names.append("score_histograms.png")
-    fig.savefig(folder / names[-1], dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / names[-1])
     if len(losses) > 1:
         methods = [*BASELINES, *losses]
         fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.6))
@@ -205,8 +204,7 @@ def _plots(folder: Path, scores: dict[str, dict[str, np.ndarray]], sets: list[Ev
         ax.set_title("EER by method (lower is better)", fontsize=9)
         fig.tight_layout()
         names.append("eer_by_method.png")
-        fig.savefig(folder / names[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, folder / names[-1])
     return names
 
 

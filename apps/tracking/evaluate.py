@@ -45,7 +45,7 @@ from apps.tracking.model import (  # noqa: E402
 )
 from apps.tracking.simulate import Geometry, simulate_event  # noqa: E402
 from core.app import Run  # noqa: E402
-from core.app.files import atomic_write  # noqa: E402
+from core.app.files import save_figure  # noqa: E402
 
 __all__ = ["reconstruct", "evaluate_events", "evaluate", "scored_events", "EVAL_SEED", "PT_BINS", "METHOD_NAMES",
            "BUILDER_METHOD", "REPORT_METRICS"]
@@ -220,12 +220,7 @@ def _score_plot(metrics: dict, path: Path) -> None:
 
 def _save_figure(fig, path: Path) -> None:
     """Save a figure atomically (main process only) and close it."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    save_figure(fig, path)
 
 
 REPORT_METRICS = ("trackml_score", "efficiency", "fake_rate", "edge_efficiency", "edge_purity",

@@ -9,7 +9,6 @@ are wall-clock seconds on this (possibly shared) CPU, the best of ``repeats``.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
@@ -23,7 +22,7 @@ import numpy as np  # noqa: E402
 from apps.tracking.data import find_detectors  # noqa: E402
 from apps.tracking.simulate import Geometry, simulate_event  # noqa: E402
 from core.app import InputError, Run, write_json  # noqa: E402
-from core.app.files import atomic_write  # noqa: E402
+from core.app.files import save_figure  # noqa: E402
 
 __all__ = ["scaling", "rss_bytes", "PeakRSS", "HITS_PER_PILEUP"]
 
@@ -123,10 +122,7 @@ def scaling(run: Run, hits: list[int], repeats: int = 2) -> dict | None:
         a.grid(alpha=0.3)
     a1.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(root / "scaling.png", lambda f: f.write(buf.getbuffer()))
+    save_figure(fig, root / "scaling.png")
     run.log(f"scaling: {root / 'scaling.json'}")
     return {"rows": rows}
 

@@ -17,7 +17,8 @@ from typing import Any, BinaryIO
 from core.app.errors import InputError
 from core.app.hardware import is_main_process
 
-__all__ = ["atomic_write", "write_text", "write_json", "save_torch", "read_json", "load_torch", "CheckpointError"]
+__all__ = ["atomic_write", "write_text", "write_json", "save_torch", "save_figure", "read_json", "load_torch",
+           "CheckpointError"]
 
 
 class CheckpointError(InputError):
@@ -82,6 +83,16 @@ def save_torch(path: str | Path, obj: Any) -> Path:
         f.write(buf.getbuffer())
 
     return atomic_write(path, write)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically (main process only) and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
 def read_json(path: str | Path, what: str = "") -> Any:

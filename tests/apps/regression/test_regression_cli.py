@@ -40,7 +40,7 @@ def test_help_of_every_verb(verb, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     if verb == "prepare":  # no training options: its own flags only
-        assert "--src" in out and "--out" in out and "--epochs" not in out
+        assert "--src" in out and "--output" in out and "--epochs" not in out
         return
     for flag in COMMON_FLAGS:
         assert flag in out, flag
@@ -69,8 +69,8 @@ def test_help_of_every_verb(verb, capsys):
         (["evaluate"], "no trained model"),
         (["fit", "--config", "{tmp}/bad.yaml"], "unknown option"),
         (["sweep", "--seeds", "0", "--few-shot", "9", "--many-shot", "3"], "few_shot"),
-        (["prepare", "abalone", "--src", "{tmp}/nothing.data", "--out", "{tmp}/runs/a.csv"], "does not exist"),
-        (["prepare", "sts_b_dir", "--src", "{tmp}", "--out", "{tmp}/runs/a.npz"], "train_new.tsv does not exist"),
+        (["prepare", "abalone", "--src", "{tmp}/nothing.data", "--output", "{tmp}/runs/a.csv"], "does not exist"),
+        (["prepare", "sts_b_dir", "--src", "{tmp}", "--output", "{tmp}/runs/a.npz"], "train_new.tsv does not exist"),
     ],
 )
 def test_bad_setting_exits_2_and_writes_nothing(tmp_path, capsys, args, match):
@@ -178,7 +178,7 @@ def test_prepare_abalone_from_the_uci_file(tmp_path, capsys):
              f"0.1,0.15,{int(rng.integers(1, 20))}" for _ in range(60)]
     src = tmp_path / "abalone.data"
     src.write_text("\n".join(lines) + "\n")
-    assert main(["prepare", "abalone", "--src", str(src), "--out", str(tmp_path / "a.csv")]) == 0
+    assert main(["prepare", "abalone", "--src", str(src), "--output", str(tmp_path / "a.csv")]) == 0
     text = (tmp_path / "a.csv").read_text().splitlines()
     embedded = (ROOT / "shared_data" / "regression" / "abalone" / "abalone.csv").read_text().splitlines()[0]
     assert text[0] == embedded and len(text) == 61
@@ -191,7 +191,7 @@ def test_prepare_abalone_from_the_uci_file(tmp_path, capsys):
     assert d.in_dim == 10 and sum(len(v) for v in d.y.values()) == 60
     src.write_text(lines[0] + "\nM,0.1,0.2\n")
     capsys.readouterr()
-    assert main(["prepare", "abalone", "--src", str(src), "--out", str(tmp_path / "b.csv")]) == 2
+    assert main(["prepare", "abalone", "--src", str(src), "--output", str(tmp_path / "b.csv")]) == 2
     assert "abalone.data, line 2: expected 9" in capsys.readouterr().err and not (tmp_path / "b.csv").exists()
 
 

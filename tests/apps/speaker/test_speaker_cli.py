@@ -190,7 +190,7 @@ def test_help_of_every_verb(capsys) -> None:
             assert flag in text, (verb, flag)
     for verb, flags in (("embed", ("--output", "--checkpoint", "--run-dir", "--seed", "--threads", "--progress",
                                    "--loss", "--max-seconds")),
-                        ("prepare", ("--librispeech", "--fsdd", "--out", "--fsdd-max-index"))):
+                        ("prepare", ("--librispeech", "--fsdd", "--output", "--fsdd-max-index"))):
         with pytest.raises(SystemExit) as e:
             parser.parse_args([verb, "--help"])
         assert e.value.code == 0
@@ -261,11 +261,11 @@ def test_prepare_copies_the_releases_into_the_tree_layout(data: tuple[Path, Path
     for name in ("0_george_0", "3_george_44", "3_george_45", "9_theo_2"):
         (fsdd / f"{name}.wav").write_bytes(wav)
     (fsdd.parent / "README.md").write_text("not audio")
-    assert main(["prepare", "--fsdd", str(fsdd.parent), "--out", str(out)]) == 0
+    assert main(["prepare", "--fsdd", str(fsdd.parent), "--output", str(out)]) == 0
     col = load_collection(out / "fsdd")
     assert sorted(u.key for u in col.utterances) == ["george/0_george_0.wav", "george/3_george_44.wav",
                                                      "theo/9_theo_2.wav"]
-    assert main(["prepare", "--out", str(out)]) == 2
+    assert main(["prepare", "--output", str(out)]) == 2
 
 
 def test_cpc_pretraining_and_moco_queue(data: tuple[Path, Path], tmp_path: Path) -> None:
