@@ -33,7 +33,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--src", type=Path, required=True,
                    help="abalone: the UCI abalone.data file; sts_b_dir: the folder of train_new / dev_new / "
                         "test_new.tsv")
-    p.add_argument("--output", dest="out", type=Path, required=True, help="the file to write (.csv for abalone, .npz for sts_b_dir)")
+    p.add_argument("--output", dest="out", type=Path, required=True,
+                   help="the file to write (.csv for abalone, .npz for sts_b_dir)")
     p.add_argument("--batch-size", type=int, default=128, help="sts_b_dir: sentences per encoder batch")
 
 
