@@ -308,3 +308,19 @@ def test_two_process_ddp_online_quick_run(tmp_path):
         assert (run_dir / "drqv2+taco" / "seed0" / "replay" / f"rank{r}" / "0000000.pt").is_file()
     assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.rglob(".*.tmp"))
     print(f"2-process quick online run: {time.perf_counter() - t0:.0f} s")
+
+
+@pytest.mark.parametrize("name,domain,action_dim", [("point_mass_easy", "point_mass", 2),
+                                                    ("ball_in_cup_catch", "ball_in_cup", 2),
+                                                    ("finger_spin", "finger", 2), ("cheetah_run", "cheetah", 6)])
+def test_standard_dmc_tasks_build(name, domain, action_dim):
+    """Standard DMC `domain_task` names build a pixel environment (the domain looked up in dm_control's suite)."""
+    from apps.rl.envs import dmc_domain_task, make_env
+
+    assert dmc_domain_task(name)[0] == domain
+    env = make_env(name, seed=0, image_size=32)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (9, 32, 32) and env.action_space.shape == (action_dim,)
+    obs, reward, *_ = env.step(env.action_space.sample())
+    assert obs.shape == (9, 32, 32) and float(reward) >= 0.0
+    env.close()
