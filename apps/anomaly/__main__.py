@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from apps.anomaly.config import AnomalySettings
 from apps.anomaly.evaluate import evaluate
-from apps.anomaly.train import CAPPED, Experiment, TimeCapReached, fit, prepare, pretrain_only
-from core.app import App, InputError, Run, Verb
+from apps.anomaly.train import Experiment, TimeCapReached, fit, prepare, pretrain_only
+from core.app import CAPPED, App, InputError, Run, Verb
 
 __all__ = ["APP", "main"]
 

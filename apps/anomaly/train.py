@@ -47,7 +47,7 @@ from apps.anomaly.model import (
     load_encoder_checkpoint,
     normal_center,
 )
-from core.app import InputError, RunDir, current, save_torch
+from core.app import CAPPED, InputError, RunDir, current, save_torch
 from core.app.hardware import barrier
 from core.encoders import ProjectionHead
 from core.metrics.knn import knn_scores
@@ -59,8 +59,6 @@ __all__ = ["Task", "Experiment", "TimeCapReached", "prepare", "pretrain", "finet
 #: the trained stages, each in ``<run-dir>/<stage>/seed<S>/``
 METHODS = ("pretrain", "msc", "compact")
 
-#: exit status of a verb that ``--max-minutes`` stopped before its training was done (a re-run resumes)
-CAPPED = 3
 
 Log = Callable[[str], None]
 

@@ -47,6 +47,7 @@ from apps.rl.data import Rollouts, render_states
 from apps.rl.probe import state_probe_r2
 from apps.rl.replay import ReplayBuffer
 from core.app import CheckpointError, InputError, Run
+from core.app.hardware import note_deadline_stop
 from core.training import seed_everything
 from core.training.rng import capture_rng_state, restore_rng_state, seed_all, step_seed
 
@@ -186,6 +187,7 @@ def pretrain(run: Run, fabric: Any, method: str, data: OfflineData) -> None:
                                                            "any"):
             run.log(f"{method}: --max-minutes reached at pre-training step {step}; checkpointed, re-run to continue")
             stopped = True
+            note_deadline_stop()
             break
         batch = {k: v.to(fabric.device) for k, v in data.train.sample(batch_size, seq=method == "cpc").items()}
         loss, parts = model.loss(batch)

@@ -46,6 +46,7 @@ from apps.rl.probe import state_probe_r2
 from apps.rl.replay import ReplayBuffer
 from apps.rl.settings import AGENT_NAMES, RLSettings, agent_config
 from core.app import CheckpointError, InputError, Run, load_torch, save_torch, write_json
+from core.app.hardware import note_deadline_stop
 from core.training import seed_everything
 from core.training.rng import capture_rng_state, restore_rng_state, seed_all, step_seed
 
@@ -256,6 +257,7 @@ def train_agent(run: Run, fabric: Any, aux: str) -> Path:
             run.log(f"{AGENT_NAMES[aux]}: --max-minutes reached at agent step {counters['step']} "
                     f"({counters['step'] * s.action_repeat} frames); checkpointed, re-run to continue")
             stopped = True
+            note_deadline_stop()
             break
         action = agent.act(torch.as_tensor(obs)[None], counters["step"], eval_mode=False)[0].numpy()
         obs, reward, terminated, truncated, info = env.step(action)

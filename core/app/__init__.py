@@ -15,11 +15,10 @@ from core.app.files import CheckpointError, load_torch, read_json, save_torch, w
 from core.app.hardware import Hardware, barrier, current, is_main_process
 from core.app.report import Report, summarize
 from core.app.run_dir import RunDir
-from core.app.runner import COMMON_FLAGS, App, Run, Verb
+from core.app.runner import CAPPED, COMMON_FLAGS, App, Run, Verb
 from core.app.settings import AppSettings, option
 from core.app.threads import default_threads
 
-__all__ = ["App", "AppSettings", "CheckpointError", "COMMON_FLAGS", "Hardware", "barrier", "InputError", "Report",
-           "Run",
-           "RunDir", "Verb", "current", "default_threads", "is_main_process", "load_torch", "option", "read_json",
-           "save_torch", "summarize", "write_json", "write_text"]
+__all__ = ["App", "AppSettings", "CAPPED", "CheckpointError", "COMMON_FLAGS", "Hardware", "barrier", "InputError",
+           "Report", "Run", "RunDir", "Verb", "current", "default_threads", "is_main_process", "load_torch",
+           "option", "read_json", "save_torch", "summarize", "write_json", "write_text"]

@@ -16,9 +16,22 @@ from typing import Any
 
 import torch
 
-__all__ = ["Hardware", "current", "use", "global_rank", "is_main_process", "barrier"]
+__all__ = ["Hardware", "current", "use", "global_rank", "is_main_process", "barrier", "note_deadline_stop",
+           "deadline_stopped"]
 
 _CURRENT: Hardware | None = None
+_STOPPED_BY_DEADLINE: list[bool] = [False]
+
+
+def note_deadline_stop() -> None:
+    """Record that ``--max-minutes`` stopped some training of the running verb (the runner then exits with
+    :data:`CAPPED`). Lightning fits record it through :class:`core.training.resume.DeadlineCallback`; a custom loop
+    (Fabric) calls this when it stops on the deadline."""
+    _STOPPED_BY_DEADLINE[0] = True
+
+
+def deadline_stopped() -> bool:
+    return _STOPPED_BY_DEADLINE[0]
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ def use(hardware: Hardware) -> Iterator[Hardware]:
     global _CURRENT
     previous = _CURRENT
     _CURRENT = hardware
+    _STOPPED_BY_DEADLINE[0] = False
     try:
         with default_gather(hardware.distributed):
             yield hardware

@@ -17,7 +17,8 @@ field; ``sweep`` (when declared) runs ``run`` once per ``--seeds`` value and wri
 Settings are layered: defaults (or the quick preset), then ``--config`` YAML, then flags; they are validated
 before anything is written. With ``devices x num_nodes > 1`` the runner starts the processes (Lightning's
 launcher), every core loss gathers negatives from every rank and BatchNorm is synchronised. Exit status: 0; 2 and
-``error: <message>`` for bad input; 130 on Ctrl-C (re-running the command resumes).
+``error: <message>`` for bad input; 3 when ``--max-minutes`` stopped some training (re-running continues); 130 on
+Ctrl-C outside a fit (re-running the command resumes).
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from core.app.errors import InputError
-from core.app.hardware import Hardware, barrier, is_main_process, use
+from core.app.hardware import Hardware, barrier, deadline_stopped, is_main_process, use
 from core.app.report import Report
 from core.app.run_dir import RunDir
 from core.app.settings import AppSettings, field_type, layer, load_yaml
 
-__all__ = ["App", "Verb", "Run", "COMMON_FLAGS"]
+__all__ = ["App", "Verb", "Run", "CAPPED", "COMMON_FLAGS"]
 
 COMMON_FLAGS = ("--data", "--config", "--run-dir", "--seed", "--quick", "--threads", "--max-minutes", "--progress",
                 "--no-progress", "--accelerator", "--devices", "--num-nodes", "--strategy", "--precision")
 INTERRUPTED = "interrupted: re-run the same command to resume from the last checkpoint"
+CAPPED = 3  # exit status when --max-minutes stopped some training (re-run, with a larger cap, to continue)
 
 
 @dataclass
@@ -267,8 +269,13 @@ class App:
             barrier()
             rc = verb.run(ctx)
             barrier()
+            capped = deadline_stopped()
         if isinstance(rc, int):
             return rc
+        if capped:
+            ctx.log(f"{args.verb}: --max-minutes stopped training before its end (checkpointed); re-run the command, "
+                    "with a larger --max-minutes, to continue")
+            return CAPPED
         ctx.log(f"{args.verb} done in {time.perf_counter() - ctx.started:.0f} s")
         return 0
 

@@ -69,8 +69,11 @@ class DeadlineCallback(Callback):
         late = time.monotonic() >= self.deadline
         late = bool(trainer.strategy.reduce_boolean_decision(late, all=False))
         if late and not trainer.should_stop:
+            from core.app.hardware import note_deadline_stop
+
             trainer.should_stop = True
             self.stopped = True
+            note_deadline_stop()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._check(trainer)

@@ -349,3 +349,14 @@ def test_two_process_run_gathers_and_writes_one_report(tmp_path):
            ["metrics"]["probe_accuracy"] for k in ("one", "two")}
     assert abs(acc["one"] - acc["two"]) < 0.1
     assert two.stdout.count("run done in") == 1  # one process prints
+
+
+def test_a_capped_run_exits_3_and_a_rerun_finishes(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    base = ["fit", "--quick", "--run-dir", str(run_dir), "--threads", "1", "--no-progress", "--accelerator", "cpu"]
+    assert toy_app.main([*base, "--max-minutes", "0.00001"]) == 3  # stops at the end of epoch 1 of 2
+    assert "--max-minutes stopped training" in capsys.readouterr().out
+    assert sorted(p.name for p in (run_dir / "infonce" / "seed0" / "checkpoints").iterdir()) == [
+        "epoch=0-step=8.ckpt", "last.ckpt"]
+    assert toy_app.main(base) == 0
+    assert (run_dir / "infonce" / "seed0" / "checkpoints" / "epoch=1-step=16.ckpt").is_file()

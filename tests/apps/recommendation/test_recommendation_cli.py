@@ -300,7 +300,7 @@ def test_time_cap_keeps_a_model_and_a_rerun_continues(tmp_path: Path, capsys: py
     method keeps its best model, is marked stopped_by_time, and `fit` with a larger cap continues it."""
     data, runs = _tiny(tmp_path / "tiny.txt", seed=2), str(tmp_path / "runs")
     args = ["fit", "--data", data, "--run-dir", runs, "--methods", "sasrec", *TINY, "--patience", "1000"]
-    assert main([*args, "--epochs", "100000", "--max-minutes", "0.0005"]) == 0
+    assert main([*args, "--epochs", "100000", "--max-minutes", "0.0005"]) == 3  # capped: exit 3
     method_dir = Path(runs) / "sasrec" / "seed0"
     fit = read_json(method_dir / "fit.json")
     assert fit["stopped_by_time"] and fit["stopped_early"] and 0 < fit["epochs_run"] < 100000

@@ -171,7 +171,7 @@ def test_online_resume_is_exact_after_an_interruption_a_damaged_checkpoint_and_a
         return 1.0 if left["n"] <= 45 else -1.0
 
     monkeypatch.setattr(Hardware, "remaining_seconds", remaining)
-    assert main([*args, "--run-dir", str(tmp_path / "c"), "--max-minutes", "1"]) == 0
+    assert main([*args, "--run-dir", str(tmp_path / "c"), "--max-minutes", "1"]) == 3  # capped
     assert load_torch(tmp_path / "c" / "drqv2+taco" / "seed0" / "last.pt")["counters"]["step"] == 45
     monkeypatch.undo()
     assert main([*args, "--run-dir", str(tmp_path / "c")]) == 0
@@ -210,7 +210,7 @@ def test_max_minutes_caps_fit_and_sweep_score_only_reports_every_seed_without_tr
     monkeypatch.setattr(Hardware, "remaining_seconds", lambda self: -1.0)  # the cap is reached at once
     common = [*ONLINE, "--aux", "none", "--frames", "4000", "--run-dir", str(tmp_path)]
     for seed in ("0", "1"):
-        assert main(["fit", *common, "--seed", seed, "--max-minutes", "1"]) == 0
+        assert main(["fit", *common, "--seed", seed, "--max-minutes", "1"]) == 3  # capped
     monkeypatch.undo()
     curve = json.loads((tmp_path / "drqv2" / "seed0" / "curve.json").read_text())
     assert curve["agent_steps"] == 0 and len(curve["curve"]) == 1
