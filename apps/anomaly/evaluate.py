@@ -111,8 +111,6 @@ def summarize(per_task: dict[str, dict[str, dict[str, float]]]) -> dict[str, dic
     return out
 
 
-def _save_figure(fig: Any, path: Path) -> None:
-    save_figure(fig, path)
 
 
 def _plots(out: Path, summary: dict, scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray],
@@ -140,7 +138,7 @@ def _plots(out: Path, summary: dict, scores: dict[str, dict[str, np.ndarray]], l
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     p = out / "per_class_roc_auc.png"
-    _save_figure(fig, p)
+    save_figure(fig, p)
     plt.close(fig)
     paths.append(p)
 
@@ -161,7 +159,7 @@ def _plots(out: Path, summary: dict, scores: dict[str, dict[str, np.ndarray]], l
     fig.suptitle("MSC kNN scores, test split (higher = more anomalous)", fontsize=9)
     fig.tight_layout()
     p = out / "msc_score_histograms.png"
-    _save_figure(fig, p)
+    save_figure(fig, p)
     plt.close(fig)
     paths.append(p)
     return paths

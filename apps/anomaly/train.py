@@ -51,7 +51,7 @@ from core.app import CAPPED, InputError, RunDir, current, save_torch
 from core.app.hardware import barrier
 from core.encoders import ProjectionHead
 from core.metrics.knn import knn_scores
-from core.training import SimCLRModule, default_callbacks, fit_with_resume, seed_everything
+from core.training import SimCLRModule, default_callbacks, fit_with_resume, seed_everything, stopped_by_deadline
 
 __all__ = ["Task", "Experiment", "TimeCapReached", "prepare", "pretrain", "finetune", "fit", "iter_fit",
            "pretrain_only", "load_fitted", "knn_auroc", "roc_auc", "METHODS", "CAPPED"]
@@ -189,14 +189,10 @@ def _fit(s: AnomalySettings, module: nn.Module, x: np.ndarray, batch_size: int, 
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         trainer = fit_with_resume(_trainer_kwargs(s, run_dir, epochs), module, _loader(x, batch_size, s.seed),
                                   run_dir)
-    # Lightning counts an epoch cut short by its timer as done, so a cut in the last epoch shows only in the steps
-    # (and only while the deadline has passed: a resumed run does not redo the rest of a cut epoch)
-    remaining = current().remaining_seconds()
-    if trainer.current_epoch < epochs or (remaining is not None and remaining <= 0
-                                          and trainer.global_step < trainer.estimated_stepping_batches):
-        raise TimeCapReached(f"{what}: stopped by --max-minutes after {trainer.global_step} of "
-                             f"{int(trainer.estimated_stepping_batches)} steps; re-run the command (with a larger "
-                             f"--max-minutes) to resume from {run_dir / 'checkpoints' / 'last.ckpt'}")
+    if stopped_by_deadline(trainer):
+        raise TimeCapReached(f"{what}: stopped by --max-minutes after {trainer.current_epoch} of {epochs} epochs; "
+                             f"re-run the command (with a larger --max-minutes) to resume from "
+                             f"{run_dir / 'checkpoints' / 'last.ckpt'}")
 
 
 def _new_encoder(s: AnomalySettings, task: Task) -> nn.Module:

@@ -34,8 +34,7 @@ from apps.recommendation.config import RecConfig
 from apps.recommendation.data import SequenceData, load_sequences
 from apps.recommendation.model import SeqRecModule
 from core.app import InputError, current, is_main_process, load_torch, read_json, save_torch, write_json
-from core.training import default_callbacks, fit_with_resume, seed_everything
-from core.training.resume import stopped_by_deadline
+from core.training import default_callbacks, fit_with_resume, seed_everything, stopped_by_deadline
 
 __all__ = ["Experiment", "prepare", "TrainBatches", "EvalBatches", "fit_method", "load_model", "build_module",
            "train_windows", "train_prefixes", "best_of", "LengthBucketSampler", "train_loader", "eval_loader",

@@ -13,7 +13,6 @@ written before every model has loaded and every metric is computed.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from apps.regression.data import DIRData, load_data
 from apps.regression.metrics import METRIC_NAMES, correlations, per_bin_error, shot_metrics
 from apps.regression.train import build_regressor
 from core.app import InputError, Run, load_torch
-from core.app.files import atomic_write
+from core.app.files import save_figure
 
 __all__ = ["evaluate", "compute_metrics", "plot_per_bin", "plot_histogram", "json_safe", "shots_info"]
 
@@ -52,17 +51,6 @@ def compute_metrics(preds: np.ndarray, data: DIRData, split: str = "test") -> di
     return m
 
 
-def _png(fig) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def _shade_groups(ax, data: DIRData) -> None:
     colors = {"many": "tab:green", "medium": "tab:orange", "few": "tab:red"}
     centers = data.bin_centers()
@@ -71,7 +59,7 @@ def _shade_groups(ax, data: DIRData) -> None:
             ax.axvspan(x - data.bin_width / 2, x + data.bin_width / 2, color=c, alpha=0.07, lw=0)
 
 
-def plot_per_bin(data: DIRData, curves: dict[str, np.ndarray], title: str) -> bytes:
+def plot_per_bin(data: DIRData, curves: dict[str, np.ndarray], title: str) -> Any:
     """Test MAE per label bin, one line per method, shot groups shaded (green many, orange medium, red few)."""
     import matplotlib
 
@@ -88,10 +76,10 @@ def plot_per_bin(data: DIRData, curves: dict[str, np.ndarray], title: str) -> by
     ax.set(xlabel="label", ylabel="test MAE in bin", title=title)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def plot_histogram(data: DIRData) -> bytes:
+def plot_histogram(data: DIRData) -> Any:
     """Training label histogram, bars coloured by shot group, with the val / test counts as lines."""
     import matplotlib
 
@@ -113,7 +101,7 @@ def plot_histogram(data: DIRData) -> bytes:
            title=f"{data.name}: label histogram (many > {data.many}, few < {data.few})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def shots_info(data: DIRData) -> dict:
@@ -126,10 +114,6 @@ def _row(metrics: dict[str, float]) -> dict[str, float | None]:
     """The report row of a metrics dict: MAE / MSE / GM (+ correlations), NaN as ``None``."""
     names = list(METRIC_NAMES) + [k for k in ("pearson", "spearman") if k in metrics]
     return {k: json_safe(float(metrics[k])) for k in names}
-
-
-def _write_png(path: Path, png: bytes) -> None:
-    atomic_write(path, lambda f: f.write(png))
 
 
 def evaluate(run: Run) -> None:
@@ -184,8 +168,8 @@ def evaluate(run: Run) -> None:
                               "shots": shots, "val_metrics": val_metrics, "fit": fits})
     folder = run.report_dir or run.run_dir.path
     if run.is_main:
-        _write_png(folder / "per_bin_error.png", plot_per_bin(data, curves, f"{data.name}: test MAE per label bin"))
-        _write_png(folder / "label_histogram.png", plot_histogram(data))
+        save_figure(plot_per_bin(data, curves, f"{data.name}: test MAE per label bin"), folder / "per_bin_error.png")
+        save_figure(plot_histogram(data), folder / "label_histogram.png")
     report.plots = ["per_bin_error.png", "label_histogram.png"]
     run.write_report(report, folder)
     for m, r in results.items():

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 
 from core.app import CheckpointError, is_main_process, load_torch, save_torch
+from core.app.hardware import global_rank
+from core.negatives.distributed import world_size
 
-__all__ = ["prev_path", "save_rotating", "load_newest_intact", "average_gradients", "gather_to_main", "world",
-           "rank", "all_agree", "check_in_sync"]
+__all__ = ["prev_path", "save_rotating", "load_newest_intact", "average_gradients", "gather_to_main", "all_agree",
+           "check_in_sync"]
 
 
 def prev_path(path: Path) -> Path:
@@ -68,30 +70,18 @@ def load_newest_intact(path: Path, check: Callable[[Any], None] | None = None,
 
 
 # ---- collectives (no-ops in one process) -------------------------------------------------------------------
-def _dist() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def world() -> int:
-    return torch.distributed.get_world_size() if _dist() else 1
-
-
-def rank() -> int:
-    return torch.distributed.get_rank() if _dist() else 0
-
-
 def gather_to_main(obj: Any) -> list[Any] | None:
     """Every rank's ``obj`` on the main process (a list by rank); ``None`` on the others."""
-    if world() == 1:
+    if world_size() == 1:
         return [obj]
-    out = [None] * world() if rank() == 0 else None
+    out = [None] * world_size() if global_rank() == 0 else None
     torch.distributed.gather_object(obj, out, dst=0)
     return out
 
 
 def all_agree(flag: bool, device: torch.device, how: str = "all") -> bool:
     """``flag`` combined over the ranks: ``how='all'`` (every rank's is true) or ``'any'``."""
-    if world() == 1:
+    if world_size() == 1:
         return bool(flag)
     t = torch.tensor([1 if flag else 0], device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN if how == "all" else
@@ -102,7 +92,7 @@ def all_agree(flag: bool, device: torch.device, how: str = "all") -> bool:
 def average_gradients(optimizer: torch.optim.Optimizer) -> None:
     """Before each ``optimizer.step()``, replace the gradients of its parameters by their mean over the ranks
     (one flattened all-reduce). No-op in one process."""
-    if world() == 1:
+    if world_size() == 1:
         return
 
     def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -111,7 +101,7 @@ def average_gradients(optimizer: torch.optim.Optimizer) -> None:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
         torch.distributed.all_reduce(flat)
-        flat /= world()
+        flat /= world_size()
         offset = 0
         for g in grads:
             n = g.numel()
@@ -124,7 +114,7 @@ def average_gradients(optimizer: torch.optim.Optimizer) -> None:
 def check_in_sync(module: torch.nn.Module, what: str) -> None:
     """Raise ``RuntimeError`` when ``module``'s parameters differ between the ranks (they must not: every rank
     applies the same averaged gradients). No-op in one process."""
-    if world() == 1:
+    if world_size() == 1:
         return
     flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
     ref = flat.clone()

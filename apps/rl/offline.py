@@ -39,15 +39,14 @@ from apps.rl.checkpoints import (
     check_in_sync,
     gather_to_main,
     load_newest_intact,
-    rank,
     save_rotating,
-    world,
 )
 from apps.rl.data import Rollouts, render_states
 from apps.rl.probe import state_probe_r2
 from apps.rl.replay import ReplayBuffer
 from core.app import CheckpointError, InputError, Run
-from core.app.hardware import note_deadline_stop
+from core.app.hardware import global_rank, note_deadline_stop
+from core.negatives.distributed import world_size
 from core.training import seed_everything
 from core.training.rng import capture_rng_state, restore_rng_state, seed_all, step_seed
 
@@ -145,7 +144,7 @@ def pretrain(run: Run, fabric: Any, method: str, data: OfflineData) -> None:
     """Pre-train ``method`` on ``data`` for ``pretrain_steps`` (resuming from its checkpoint)."""
     s = run.settings
     out = encoder_dir(run, method, data.rollouts.name)
-    r, w = rank(), world()
+    r, w = global_rank(), world_size()
     seed_everything(s.seed)  # the same initial weights on every rank (and as the random baseline)
     model = build_model(method, data, s)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr * 10)

@@ -37,16 +37,15 @@ from apps.rl.checkpoints import (
     check_in_sync,
     gather_to_main,
     load_newest_intact,
-    rank,
     save_rotating,
-    world,
 )
 from apps.rl.envs import make_env
 from apps.rl.probe import state_probe_r2
 from apps.rl.replay import ReplayBuffer
 from apps.rl.settings import AGENT_NAMES, RLSettings, agent_config
 from core.app import CheckpointError, InputError, Run, load_torch, save_torch, write_json
-from core.app.hardware import note_deadline_stop
+from core.app.hardware import global_rank, note_deadline_stop
+from core.negatives.distributed import world_size
 from core.training import seed_everything
 from core.training.rng import capture_rng_state, restore_rng_state, seed_all, step_seed
 
@@ -150,7 +149,7 @@ def train_agent(run: Run, fabric: Any, aux: str) -> Path:
     """Train (or resume) the online agent with auxiliary loss ``aux`` for ``--frames``; returns its folder."""
     s: RLSettings = run.settings
     out = agent_dir(run, aux)
-    r, w = rank(), world()
+    r, w = global_rank(), world_size()
     main = r == 0
     device = fabric.device
     acfg = agent_config(s, aux)

@@ -29,7 +29,7 @@ from apps.speaker.data import SAMPLE_RATE, Collection, load_collection, split_sp
 from apps.speaker.model import CPCModule, SpeakerEncoder, SpeakerSSLModule, build_encoder
 from core.app import CheckpointError, InputError, is_main_process, load_torch, save_torch, write_json
 from core.app.hardware import barrier
-from core.training import fit_with_resume, seed_everything
+from core.training import fit_with_resume, seed_everything, stopped_by_deadline
 
 __all__ = ["Experiment", "load_experiment", "Utterances", "pad_batch", "fit_loss", "build_module", "load_encoder",
            "save_encoder", "crop", "crop_samples"]
@@ -142,7 +142,7 @@ def _quiet_fit(trainer_kwargs: dict, module, loader, run_dir: Path, callbacks=()
 
 def _capped(trainer, epochs: int, what: str, log: Log) -> bool:
     """True (and a message) when ``--max-minutes`` stopped the fit before its last epoch."""
-    if trainer.current_epoch >= epochs:
+    if not stopped_by_deadline(trainer):
         return False
     log(f"{what}: stopped by --max-minutes after {trainer.current_epoch} of {epochs} epochs; re-run with a larger "
         "cap to resume from the last checkpoint")

@@ -175,7 +175,3 @@ class SimulateSettings(_SimulatorOptions, AppSettings):
             raise InputError("simulate needs --output DIR (the folder to write the events into)")
         if str(self.data).strip() == "":
             raise InputError("the data path is empty")
-        # the runner checks the run directory of a verb's settings before running it: point it at the output
-        # folder (an event folder holds no run settings), so that a trained run in runs/tracking is never compared
-        # with the simulator's options
-        self.run_dir = self.output

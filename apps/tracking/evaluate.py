@@ -174,7 +174,7 @@ def _event_display(d: dict, path: Path, title: str) -> None:
             ax.set_title(f"{label}: {int((cnt >= 4).sum())} tracks (grey: unassigned)")
     fig.suptitle(title)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _eff_pt_plot(results: dict, path: Path) -> None:
@@ -197,7 +197,7 @@ def _eff_pt_plot(results: dict, path: Path) -> None:
     axes[0][0].set_ylabel("track efficiency (double majority)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _score_plot(metrics: dict, path: Path) -> None:
@@ -215,12 +215,9 @@ def _score_plot(metrics: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save_figure(fig, path)
-
-
-def _save_figure(fig, path: Path) -> None:
-    """Save a figure atomically (main process only) and close it."""
     save_figure(fig, path)
+
+
 
 
 REPORT_METRICS = ("trackml_score", "efficiency", "fake_rate", "edge_efficiency", "edge_purity",

@@ -44,7 +44,7 @@ from apps.tracking.model import (
 from apps.tracking.simulate import Geometry, simulate_event
 from core.app import InputError, Run, load_torch, read_json, save_torch, write_json
 from core.app.hardware import barrier
-from core.training import fit_with_resume, seed_everything
+from core.training import fit_with_resume, seed_everything, stopped_by_deadline
 
 __all__ = ["prepare_event", "data_split", "training_events", "event_loader", "EmbedModule", "GNNModule",
            "ClusterModule", "check_data", "fit", "model_dir", "load_models", "load_clusterer", "TRAIN_SEED",
@@ -332,7 +332,7 @@ def _train_stage(run: Run, name: str, module: L.LightningModule, items: list[dic
     """Train one stage (resuming from ``folder/checkpoints``) and save its network to ``out`` (main process);
     False when ``--max-minutes`` stopped it first (the checkpoint stays; a re-run continues)."""
     trainer = fit_with_resume(_trainer_kwargs(run.settings, epochs), module, event_loader(items), folder)
-    if trainer.current_epoch < epochs:
+    if stopped_by_deadline(trainer):
         run.log(f"{name}: stopped by --max-minutes after {trainer.current_epoch} of {epochs} epochs; re-run the "
                 "same command (with a larger cap) to continue from its checkpoint")
         return False

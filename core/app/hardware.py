@@ -9,6 +9,7 @@ instead on several nodes). Every Trainer or Fabric made afterwards in these proc
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,8 +83,6 @@ class Hardware:
                     strategy=self.resolved_strategy(), precision=self.precision)
 
     def remaining_seconds(self) -> float | None:
-        import time
-
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def fabric(self) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 from core.app.files import write_json, write_text
 
-__all__ = ["Report", "summarize", "machine_description", "write_report", "SCHEMA"]
+__all__ = ["Report", "summarize", "machine_description", "SCHEMA"]
 
 SCHEMA = 1
 
@@ -185,9 +185,6 @@ class Report:
         write_text(folder / "report.md", self.markdown(report))
         return report
 
-
-def write_report(folder: str | Path, report: Report, **kwargs: Any) -> dict[str, Any]:
-    return report.write(folder, **kwargs)
 
 
 def current_command() -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from core.app.errors import InputError
 from core.app.files import read_json, write_json
@@ -56,9 +55,9 @@ class RunDir:
         if not isinstance(stored, dict) or "settings" not in stored:
             raise InputError(f"{path} is not a run settings file; delete it or pass another --run-dir")
         have = stored["settings"]
-        want = _plain(fingerprint_fields(self.settings))
+        want = fingerprint_fields(self.settings)
         # a setting added after the run was made counts as its default value
-        defaults = _plain(fingerprint_fields(type(self.settings)()))
+        defaults = fingerprint_fields(type(self.settings)())
         have = {**{k: v for k, v in defaults.items() if k not in have}, **have}
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         if diff:
@@ -72,7 +71,7 @@ class RunDir:
         self.check()
         path = self.path / SETTINGS_FILE
         if not path.is_file():
-            write_json(path, {"fingerprint": self.fingerprint, "settings": _plain(fingerprint_fields(self.settings)),
+            write_json(path, {"fingerprint": self.fingerprint, "settings": fingerprint_fields(self.settings),
                               "app_settings_class": type(self.settings).__qualname__})
 
     def method_dir(self, method: str | None = None, seed: int | None = None) -> Path:
@@ -85,8 +84,3 @@ class RunDir:
         """Where `evaluate` on data other than the run's writes its report: ``<run-dir>/eval/<data>``."""
         return self.path / "eval" / slug(data)
 
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    return json.loads(json.dumps(d, default=str))

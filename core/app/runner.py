@@ -113,7 +113,7 @@ class Run:
         """Write ``report.json`` / ``report.md`` to ``folder`` (default :attr:`report_dir`, else the run
         directory) on the main process."""
         folder = Path(folder) if folder is not None else (self.report_dir or self.run_dir.path)
-        return report.write(folder, settings=_plain_settings(self.settings), fingerprint=self.run_dir.fingerprint,
+        return report.write(folder, settings=self.settings.to_dict(), fingerprint=self.run_dir.fingerprint,
                             seconds=time.perf_counter() - self.started, command=self.command)
 
     def child(self, verb: str, **changes: Any) -> Run:
@@ -122,12 +122,6 @@ class Run:
         settings = dataclasses.replace(self.settings, **changes) if changes else self.settings
         return dataclasses.replace(self, verb=verb, settings=settings,
                                    run_dir=RunDir(self.run_dir.path, settings))
-
-
-def _plain_settings(settings: AppSettings) -> dict[str, Any]:
-    import json
-
-    return json.loads(json.dumps(dataclasses.asdict(settings), default=str))
 
 
 class App:

@@ -160,20 +160,26 @@ class AppSettings:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field as a plain JSON value."""
+        return _json_values(dataclasses.asdict(self))
 
     def replace(self, **changes: Any) -> AppSettings:
         return dataclasses.replace(self, **changes)
 
 
+def _json_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(values), default=str))
+
+
 def fingerprint_fields(settings: AppSettings) -> dict[str, Any]:
     """The fields that change the trained model (``model=True``), as plain JSON values."""
-    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.metadata.get("model", True)}
+    return _json_values({f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+                         if f.metadata.get("model", True)})
 
 
 def fingerprint(settings: AppSettings) -> str:
     """A short hash of :func:`fingerprint_fields` (stable across runs and machines)."""
-    blob = json.dumps(fingerprint_fields(settings), sort_keys=True, default=str).encode()
+    blob = json.dumps(fingerprint_fields(settings), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 

@@ -11,7 +11,7 @@
 from core.training.callbacks import checkpoint_dir, csv_logger, default_callbacks
 from core.training.checkpoint_io import AtomicCheckpointIO
 from core.training.module import ContrastiveModule, SimCLRModule, warmup_cosine
-from core.training.resume import find_resume_checkpoint, fit_with_resume
+from core.training.resume import find_resume_checkpoint, fit_with_resume, stopped_by_deadline
 from core.training.seed import seed_everything
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "AtomicCheckpointIO",
     "find_resume_checkpoint",
     "fit_with_resume",
+    "stopped_by_deadline",
     "seed_everything",
 ]

@@ -66,6 +66,10 @@ class DeadlineCallback(Callback):
     def _check(self, trainer: Any) -> None:
         import time
 
+        last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+        last_step = trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step
+        if last_epoch or last_step:  # the fit is done anyway: not stopped by the deadline (same on every rank)
+            return
         late = time.monotonic() >= self.deadline
         late = bool(trainer.strategy.reduce_boolean_decision(late, all=False))
         if late and not trainer.should_stop:

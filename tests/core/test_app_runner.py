@@ -360,3 +360,5 @@ def test_a_capped_run_exits_3_and_a_rerun_finishes(tmp_path, capsys):
         "epoch=0-step=8.ckpt", "last.ckpt"]
     assert toy_app.main(base) == 0
     assert (run_dir / "infonce" / "seed0" / "checkpoints" / "epoch=1-step=16.ckpt").is_file()
+    # a fit that ends its last epoch after the deadline is complete, not capped
+    assert toy_app.main([*base, "--run-dir", str(tmp_path / "one"), "--epochs", "1", "--max-minutes", "0.00001"]) == 0
