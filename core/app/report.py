@@ -7,6 +7,10 @@
     rows: [{method, seed, dataset, metrics: {name: value}}],          one per method x seed (x dataset)
     summary: [{method, dataset, seeds, metrics: {name: {mean, std}}}], rows grouped over seeds
     baselines: [method names that are baselines], notes: [str], plots: [relative paths]
+    headline: the app's default method (or null), versus: [{dataset, baseline, headline, baseline_value,
+      difference, outcome}] (the headline method against each baseline per data set, on ``metric``; see
+      :meth:`Report.versus`), versus_summary: [{baseline, wins, ties, losses, datasets, headline_mean,
+      baseline_mean}]
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from typing import Any
 
 from core.app.files import write_json, write_text
 
-__all__ = ["Report", "summarize", "machine_description", "SCHEMA"]
+__all__ = ["Report", "summarize", "machine_description", "outcome", "SCHEMA", "TIE_RTOL"]
 
 SCHEMA = 1
+#: two values within this relative distance tie (one seed each)
+TIE_RTOL = 1e-3
 
 
 def machine_description() -> str:
@@ -67,6 +73,19 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def outcome(value: float, baseline: float, higher_is_better: bool = True, *, spread: float = 0.0,
+            rtol: float = TIE_RTOL) -> str:
+    """``"wins"``, ``"ties"`` or ``"loses"``: ``value`` against ``baseline``.
+
+    A tie is a difference within ``rtol`` of the larger magnitude or within ``spread`` (the noise of the two
+    figures, e.g. the larger of their standard deviations over seeds).
+    """
+    diff = float(value) - float(baseline)
+    if abs(diff) <= max(rtol * max(abs(value), abs(baseline)) + 1e-12, spread):
+        return "ties"
+    return "wins" if (diff > 0) == higher_is_better else "loses"
+
+
 def _plain_number(v: Any) -> Any:
     """A metric as a JSON value: ints stay ints, other numbers (numpy / torch scalars) become floats."""
     if isinstance(v, bool) or v is None or isinstance(v, str):
@@ -106,6 +125,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the app's default method: the report then says, per data set, where it wins and loses against each
+    #: baseline (:meth:`versus`)
+    headline: str | None = None
 
     def add(self, method: str, metrics: Mapping[str, Any], *, seed: int | None = None, dataset: str | None = None,
             baseline: bool = False) -> None:
@@ -124,6 +146,46 @@ class Report:
         sign = 1 if self.higher_is_better else -1
         return max(cands, key=lambda s: sign * s["metrics"][self.metric]["mean"])
 
+    def versus(self) -> list[dict[str, Any]]:
+        """The headline method against each baseline on the headline metric, one entry per (data set, baseline)
+        where both have the metric: ``dataset, baseline, headline, baseline_value, difference`` (headline minus
+        baseline, means over seeds) and ``outcome`` (``wins`` / ``ties`` / ``loses``; with several seeds a
+        difference within the larger standard deviation over seeds is a tie)."""
+        if not self.headline or not self.baselines:
+            return []
+        summ = {(s["method"], s["dataset"]): s for s in summarize(self.rows)}
+        out = []
+        for (method, dataset), h in summ.items():
+            if method != self.headline or self.metric not in h["metrics"]:
+                continue
+            for b in self.baselines:
+                bs = summ.get((b, dataset))
+                if bs is None or self.metric not in bs["metrics"]:
+                    continue
+                hm, bm = h["metrics"][self.metric], bs["metrics"][self.metric]
+                if not all(math.isfinite(float(v)) for v in (hm["mean"], bm["mean"])):
+                    continue
+                spread = max(hm["std"], bm["std"]) if len(h["seeds"]) > 1 or len(bs["seeds"]) > 1 else 0.0
+                out.append({"dataset": dataset, "baseline": b, "headline": hm["mean"], "baseline_value": bm["mean"],
+                            "difference": hm["mean"] - bm["mean"],
+                            "outcome": outcome(hm["mean"], bm["mean"], self.higher_is_better, spread=spread)})
+        return out
+
+    def versus_summary(self, versus: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Per baseline: wins / ties / losses of the headline method over the data sets, and both means."""
+        versus = self.versus() if versus is None else versus
+        out = []
+        for b in self.baselines:
+            vs = [v for v in versus if v["baseline"] == b]
+            if not vs:
+                continue
+            count = {k: sum(v["outcome"] == o for v in vs) for k, o in (("wins", "wins"), ("ties", "ties"),
+                                                                             ("losses", "loses"))}
+            out.append({"baseline": b, **count, "datasets": len(vs),
+                        "headline_mean": sum(v["headline"] for v in vs) / len(vs),
+                        "baseline_mean": sum(v["baseline_value"] for v in vs) / len(vs)})
+        return out
+
     def to_dict(self, *, settings: Mapping[str, Any] | None = None, fingerprint: str = "",
                 seconds: float | None = None, command: str | None = None) -> dict[str, Any]:
         return {
@@ -132,7 +194,8 @@ class Report:
             "machine": machine_description(), "seconds": seconds, "fingerprint": fingerprint,
             "settings": dict(settings or {}), "metric": self.metric, "higher_is_better": self.higher_is_better,
             "rows": self.rows, "summary": summarize(self.rows), "baselines": self.baselines, "notes": self.notes,
-            "plots": self.plots, **({"extra": self.extra} if self.extra else {}),
+            "plots": self.plots, "headline": self.headline, "versus": (versus := self.versus()),
+            "versus_summary": self.versus_summary(versus), **({"extra": self.extra} if self.extra else {}),
         }
 
     def markdown(self, report: Mapping[str, Any]) -> str:
@@ -170,11 +233,39 @@ class Report:
             lines.append("| " + " | ".join(cells) + " |")
         if several_seeds:
             lines += ["", "Mean ± sample standard deviation over seeds."]
+        lines += self._versus_markdown(report)
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         if self.plots:
             lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in self.plots]
         return "\n".join(lines) + "\n"
+
+    def _versus_markdown(self, report: Mapping[str, Any]) -> list[str]:
+        versus, summary = report.get("versus") or [], report.get("versus_summary") or []
+        if not versus:
+            return []
+        sign = {"wins": "wins", "ties": "ties", "loses": "LOSES"}
+        lines = ["", f"## {self.headline} against each baseline ({self.metric})", "",
+                 "| baseline | wins | ties | losses | data sets | mean " + self.headline + " | mean baseline |",
+                 "|---|---|---|---|---|---|---|"]
+        for s in summary:
+            lines.append(f"| {s['baseline']} | {s['wins']} | {s['ties']} | {s['losses']} | {s['datasets']} | "
+                         f"{_fmt(s['headline_mean'])} | {_fmt(s['baseline_mean'])} |")
+        datasets = list(dict.fromkeys(v["dataset"] for v in versus))
+        if len(datasets) > 1 or datasets != [None]:
+            baselines = [s["baseline"] for s in summary]
+            cell = {(v["dataset"], v["baseline"]): v for v in versus}
+            lines += ["", "| dataset | " + " | ".join(baselines) + " |", "|" + "---|" * (len(baselines) + 1)]
+            for d in datasets:
+                cells = []
+                for b in baselines:
+                    v = cell.get((d, b))
+                    cells.append("" if v is None else f"{sign[v['outcome']]} ({v['difference']:+.4g})")
+                lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        arrow = "higher" if self.higher_is_better else "lower"
+        lines += ["", f"Difference = {self.headline} minus baseline ({arrow} is better); a difference within the "
+                  "larger standard deviation over seeds (or 0.1 % with one seed) is a tie."]
+        return lines
 
     def write(self, folder: str | Path, **kwargs: Any) -> dict[str, Any]:
         """Write ``folder/report.json`` and ``folder/report.md`` atomically (main process only); returns the

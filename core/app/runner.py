@@ -104,10 +104,13 @@ class Run:
         if self.is_main:
             self.run_dir.claim()
 
-    def report(self, metric: str, *, higher_is_better: bool = True, title: str = "") -> Report:
-        """A new :class:`Report` for this verb, mode and data."""
+    def report(self, metric: str, *, higher_is_better: bool = True, title: str = "",
+               headline: str | None = None) -> Report:
+        """A new :class:`Report` for this verb, mode and data (``headline``: the app's default method, which the
+        report sets against each baseline)."""
         return Report(app=self.app.name, metric=metric, higher_is_better=higher_is_better, verb=self.entry_verb,
-                      mode=self.mode, data=str(self.settings.data), title=title or self.app.name)
+                      mode=self.mode, data=str(self.settings.data), title=title or self.app.name,
+                      headline=headline)
 
     def write_report(self, report: Report, folder: str | Path | None = None) -> dict[str, Any]:
         """Write ``report.json`` / ``report.md`` to ``folder`` (default :attr:`report_dir`, else the run
@@ -307,7 +310,8 @@ class App:
             return None
         first = reports[0]
         combined = Report(app=self.name, metric=first["metric"], higher_is_better=first["higher_is_better"],
-                          verb="sweep", mode=ctx.mode, data=first.get("data", ""), title=self.name)
+                          verb="sweep", mode=ctx.mode, data=first.get("data", ""), title=self.name,
+                          headline=first.get("headline"))
         for r in reports:
             combined.rows.extend(r["rows"])
             combined.baselines += [b for b in r.get("baselines", []) if b not in combined.baselines]

@@ -120,6 +120,8 @@ def test_run_writes_one_report_and_refuses_other_settings(tmp_path, capsys):
     assert report["command"].startswith("python -m apps.toy run --quick")
     assert (run_dir / "infonce" / "seed0" / "model.pt").is_file()
     assert "| infonce |" in (run_dir / "report.md").read_text()
+    assert report["headline"] == "infonce" and [v["baseline"] for v in report["versus"]] == ["raw"]
+    assert "## infonce against each baseline" in (run_dir / "report.md").read_text()
     assert toy_app.main(["fit", *base, "--temperature", "0.3"]) == 2
     err = capsys.readouterr().err
     assert "holds a run made with other settings (temperature: 0.5 there, 0.3 now)" in err
@@ -142,6 +144,35 @@ def test_sweep_reports_mean_and_std_over_seeds(tmp_path):
 
 
 # ---- run directory, report, files ---------------------------------------------------------------------------------
+def test_report_versus_counts_wins_ties_losses_per_dataset():
+    from core.app.report import Report
+
+    rep = Report(app="t", metric="mae", higher_is_better=False, headline="m")
+    # data set a: m 1.0 vs b1 2.0 (wins), vs b2 0.5 (loses); data set c: two seeds, m 1.0 +- 0.1414 vs b1 1.1
+    # (difference 0.1 < std: tie), b2 absent there; "other" is neither headline nor baseline
+    rep.add("m", {"mae": 1.0}, dataset="a")
+    rep.add("b1", {"mae": 2.0}, dataset="a", baseline=True)
+    rep.add("b2", {"mae": 0.5}, dataset="a", baseline=True)
+    rep.add("other", {"mae": 0.1}, dataset="a")
+    rep.add("m", {"mae": 0.9}, dataset="c", seed=0)
+    rep.add("m", {"mae": 1.1}, dataset="c", seed=1)
+    rep.add("b1", {"mae": 1.1}, dataset="c", seed=0, baseline=True)
+    rep.add("b1", {"mae": 1.1}, dataset="c", seed=1, baseline=True)
+    vs = {(v["dataset"], v["baseline"]): v for v in rep.versus()}
+    assert set(vs) == {("a", "b1"), ("a", "b2"), ("c", "b1")}
+    assert vs["a", "b1"]["outcome"] == "wins" and vs["a", "b1"]["difference"] == pytest.approx(-1.0)
+    assert vs["a", "b2"]["outcome"] == "loses"
+    assert vs["c", "b1"]["outcome"] == "ties" and vs["c", "b1"]["difference"] == pytest.approx(-0.1)
+    summary = {s["baseline"]: s for s in rep.versus_summary()}
+    assert (summary["b1"]["wins"], summary["b1"]["ties"], summary["b1"]["losses"]) == (1, 1, 0)
+    assert summary["b1"]["headline_mean"] == pytest.approx(1.0)
+    assert summary["b1"]["baseline_mean"] == pytest.approx(1.55)
+    assert (summary["b2"]["wins"], summary["b2"]["losses"], summary["b2"]["datasets"]) == (0, 1, 1)
+    md = rep.markdown(rep.to_dict(command="x"))
+    assert "| b1 | 1 | 1 | 0 | 2 |" in md and "| a | wins (-1) | LOSES (+0.5) |" in md
+    assert Report(app="t", metric="mae", baselines=["b1"]).versus() == []  # no headline: no comparison
+
+
 def test_run_dir_check_claim_and_eval_dir(tmp_path):
     rd = RunDir(tmp_path / "r", S())
     rd.check()

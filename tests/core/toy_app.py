@@ -85,7 +85,7 @@ def evaluate(run: Run) -> None:
 
     s = run.settings
     x, y = blobs()
-    report = run.report("probe_accuracy")
+    report = run.report("probe_accuracy", headline="infonce")
     for method in s.methods:
         net = ToyModule(s.temperature).net
         net.load_state_dict(load_torch(run.run_dir.method_dir(method) / "model.pt"))
