@@ -16,19 +16,37 @@ Losses (all also as ``nn.Module`` classes; every one but ``sup_re_mix`` runs den
 * :func:`con_r` -- ConR for continuous labels of any dimension (Keramati et al. 2024);
 * :func:`cpc` -- CPC's InfoNCE summed over K prediction steps (van den Oord et al. 2018);
 * :func:`sup_re_mix` -- SupReMix with mixture hard negatives / positives ("Mixup Your Own Pairs"), anchor
-  blocks recomputed in backward (no ``tile_size`` / ``gather``).
+  blocks recomputed in backward (no ``tile_size`` / ``gather``);
+* :func:`debiased_info_nce` -- debiased (Chuang et al. 2020) and hard-negative (Robinson et al. 2021) InfoNCE;
+* :func:`auc_contrastive` -- the Mann-Whitney / AUC pairwise logistic loss;
+* :func:`kernel_uniformity` -- kernel (decoupled) uniformity of view centroids (Dufumier et al. 2023);
+* :func:`align_uniform` -- alignment + uniformity as a training loss (Wang & Isola 2020; dense only);
+* :func:`poly_view_info_nce` -- Poly-View contrastive loss, arithmetic / geometric (Shidani et al. 2024);
+* :func:`circle_loss` -- circle loss with index or label positives (Sun et al. 2020);
+* :func:`multi_view_dhel` -- MV-DHEL, alignment decoupled from per-view energy (Koromilas et al. 2025).
+
+``info_nce``, ``nt_xent`` and ``sup_con`` (and ``debiased_info_nce``, ``auc_contrastive``) accept a per-anchor
+temperature tensor; :class:`TemperatureNet` (TempNet) and :class:`PerSampleTemperature` (iSogCLR) produce one.
+``info_nce(top_k=K)`` keeps the K hardest negatives; ``sup_con(class_prior=pi)`` adds ``-log pi_y`` per column.
 """
 
+from core.losses.auc import AUCContrastive, auc_contrastive
+from core.losses.circle import CircleLoss, circle_loss
 from core.losses.con_r import ConR, con_r
 from core.losses.cpc import CPC, cpc
 from core.losses.cwcl import CWCL, cwcl
+from core.losses.debiased import DebiasedInfoNCE, debiased_info_nce
 from core.losses.info_nce import InfoNCE, info_nce
 from core.losses.mean_shifted import MeanShifted, mean_shifted
 from core.losses.multi_view import MultiViewInfoNCE, multi_view_info_nce
+from core.losses.mv_dhel import MultiViewDHEL, multi_view_dhel
 from core.losses.nt_xent import NTXent, nt_xent
+from core.losses.poly_view import PolyViewInfoNCE, poly_view_info_nce
 from core.losses.sig_lip import SigLIP, sig_lip
 from core.losses.sup_con import SupCon, sup_con
 from core.losses.sup_re_mix import SupReMix, sup_re_mix
+from core.losses.temperature import PerSampleTemperature, TemperatureNet
+from core.losses.uniformity import AlignUniform, KernelUniformity, align_uniform, kernel_uniformity
 
 __all__ = [
     "info_nce", "InfoNCE",
@@ -41,4 +59,12 @@ __all__ = [
     "con_r", "ConR",
     "sup_re_mix", "SupReMix",
     "cpc", "CPC",
+    "debiased_info_nce", "DebiasedInfoNCE",
+    "auc_contrastive", "AUCContrastive",
+    "kernel_uniformity", "KernelUniformity",
+    "align_uniform", "AlignUniform",
+    "poly_view_info_nce", "PolyViewInfoNCE",
+    "circle_loss", "CircleLoss",
+    "multi_view_dhel", "MultiViewDHEL",
+    "TemperatureNet", "PerSampleTemperature",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -46,6 +47,35 @@ def check_positive(name: str, value: float | Tensor) -> None:
     v = float(v)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {v}")
+
+
+def check_temperature(name: str, value: float | Tensor, sizes: tuple[int, ...] = ()) -> bool:
+    """A temperature: a finite number > 0, a one-element tensor, or (when ``sizes`` is given) a 1-D tensor with
+    one entry per anchor, ``(n,)`` for some ``n`` in ``sizes``, every entry finite and > 0.
+
+    Returns ``True`` for a per-anchor tensor, ``False`` for a scalar. Raises ``ValueError`` with the
+    accepted shapes otherwise (a string, a bool, an integer tensor, a wrong shape, a value <= 0 ...).
+    """
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+        raise ValueError(f"{name} must be a number or a torch.Tensor, got {type(value).__name__}")
+    if not isinstance(value, Tensor):
+        check_positive(name, value)
+        return False
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor, got dtype {value.dtype}")
+    if value.numel() == 1:  # 0-d, or one entry: the same number for every anchor
+        check_positive(name, value)
+        return False
+    if not sizes:
+        raise ValueError(f"{name} must be a scalar here, got shape {tuple(value.shape)}")
+    if value.dim() != 1 or value.shape[0] not in sizes:
+        shapes = " or ".join(f"({n},)" for n in sizes)
+        raise ValueError(f"{name} must be a scalar or a per-anchor tensor of shape {shapes}, "
+                         f"got shape {tuple(value.shape)}")
+    v = value.detach()
+    if not bool(torch.isfinite(v).all()) or not bool((v > 0).all()):
+        raise ValueError(f"{name} must be finite and > 0 for every anchor, got min {float(v.min())}")
+    return True
 
 
 def check_reduction(reduction: str) -> None:

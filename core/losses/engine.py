@@ -39,7 +39,8 @@ from torch import Tensor
 from core.negatives.distributed import resolve_gather
 from core.negatives.execution import Block, BlockFn, pair_reduce, safe_logsumexp
 
-__all__ = ["ContrastBlockFn", "ContrastSpec", "contrast_block", "reduce_pairs", "run_contrast", "prepare", "to_scale"]
+__all__ = ["ContrastBlockFn", "ContrastSpec", "contrast_block", "reduce_pairs", "run_contrast", "prepare", "to_scale",
+           "scale_anchors"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class ContrastSpec:
         count_non_positive: also count columns that are not positives (reproduces ConR's public code,
             which adds ``exp(0) = 1`` per such column to the denominator).
         column_stats: also reduce the denominator over rows (fused symmetric loss, square case only).
+        neg_threshold: index positives only: keep in the denominator only the negatives whose logit exceeds
+            the row meta ``neg_thr`` (B,) (the top-K hard negatives of ``info_nce(top_k=K)``); the positive
+            always stays.
+        col_log_weight: label positives only: add the column meta ``log_weight`` (N,) to every logit of that
+            column, in the numerator and the denominator (the class-prior adjustment of ``sup_con``).
     """
 
     positive: str = "index"
@@ -76,6 +82,8 @@ class ContrastSpec:
     push_scale: float = 0.0
     count_non_positive: bool = False
     column_stats: bool = False
+    neg_threshold: bool = False
+    col_log_weight: bool = False
 
     @property
     def row_kinds(self) -> tuple[str, ...]:
@@ -94,6 +102,17 @@ def to_scale(temperature: float | Tensor, like: Tensor) -> Tensor:
     if isinstance(temperature, Tensor):
         return (1.0 / temperature.reshape(())).to(like.dtype)
     return torch.tensor(1.0 / float(temperature), dtype=like.dtype, device=like.device)
+
+
+def scale_anchors(anchors: Tensor, temperature: float | Tensor, per_anchor: bool) -> tuple[Tensor, Tensor]:
+    """``(anchors, scale)`` for the engine. A scalar temperature becomes the engine's scale ``1/tau``; a
+    per-anchor temperature ``(n,)`` divides each anchor row by its own ``tau_i`` (so every logit of row ``i`` is
+    ``s_ij / tau_i``, and the gradient reaches ``tau_i`` through the anchors) and the scale is 1. Anchors stay
+    local under ``gather``, so each rank's anchors carry their own temperatures in every execution mode."""
+    if not per_anchor:
+        return anchors, to_scale(temperature, anchors)
+    t = temperature.to(device=anchors.device, dtype=anchors.dtype)
+    return anchors / t[:, None], torch.ones((), dtype=anchors.dtype, device=anchors.device)
 
 
 def prepare(x: Tensor, similarity: str) -> Tensor:
@@ -247,6 +266,9 @@ def contrast_block(spec: ContrastSpec, a: Tensor, c: Tensor, params: Sequence[Te
             l_self = blk.row["self_id"] - c0
             den = _index_fill(den, rows_t, l_self, neg_inf)
             n_neg = n_neg - ((l_self >= 0) & (l_self < C)).to(dt)
+        if spec.neg_threshold:
+            keep = _index_fill(logits > blk.row["neg_thr"][:, None], rows_t, li, True)
+            den = den.masked_fill(~keep, neg_inf)
         if blk.full and spec.margin == 0.0 and not spec.decoupled:
             # Dense, no margin: every positive is in the block and its logit is read off the matrix inside
             # the fused log-sum-exp (one softmax + an O(B) scatter in backward, like F.cross_entropy).
@@ -280,6 +302,8 @@ def contrast_block(spec: ContrastSpec, a: Tensor, c: Tensor, params: Sequence[Te
             if pos_mask is None:
                 raise ValueError("margins need hard positives (index or label), not pair weights")
             logits = torch.where(pos_mask, _margin_logits(a @ c.T, scale, spec), logits)
+        if spec.col_log_weight:
+            logits = logits + blk.col["log_weight"].to(dt)[None, :]
         if pos_w is not None:
             n_pos = pos_w.sum(1)
             pos_val = (pos_w * logits).sum(1)
@@ -353,7 +377,7 @@ class ContrastBlockFn:
         g_row: Tensor, g_col: Tensor, need: tuple[bool, bool, Sequence[bool]],
     ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]] | None:
         spec = self.spec
-        if (spec.positive != "index" or spec.negatives_rule != "all"
+        if (spec.positive != "index" or spec.negatives_rule != "all" or spec.neg_threshold
                 or (spec.margin != 0.0 and spec.margin_type != "additive")):
             return None
         need_a, need_c, need_p = need

@@ -11,6 +11,17 @@ similarity and :math:`\tau` the temperature:
 where :math:`\phi(s)=s` without margin, :math:`s-m` for the additive margin (NT-Xent-AM, Lepage &
 Dehak 2023) and :math:`\cos(\arccos s + m)` for the angular margin (AAM, ArcFace-style).
 
+**Per-anchor temperature** (iSogCLR, Qiu et al. 2023; TempNet, Qiu et al. 2024): ``temperature`` may be a
+tensor of shape (B,), one :math:`\tau_i` per anchor (differentiable), replacing :math:`\tau` by
+:math:`\tau_i` in row i (in the key -> query direction of the symmetric loss, key i uses :math:`\tau_i`).
+See :class:`core.losses.TemperatureNet` for a network that predicts it.
+
+**Top-K hard negatives** (``top_k=K``): only the K largest negative logits of each anchor stay in the
+denominator (plus the positive unless decoupled),
+:math:`\ell_i = -\phi_i + \log(e^{\phi_i} + \sum_{j \in \text{top}_K(i)} e^{x_{ij}})`; tiled and
+distributed calls find the K largest with a running top-K merged over tiles / shards (no gradient), then
+run the masked loss.
+
 References:
     van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018 (InfoNCE).
     Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", 2021
@@ -32,13 +43,14 @@ from core.losses._checks import (
     check_pair,
     check_positive,
     check_reduction,
+    check_temperature,
     reduce,
 )
-from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+from core.losses._visit import top_negative_threshold
+from core.losses.engine import ContrastSpec, prepare, run_contrast, scale_anchors
 from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
-__all__ = ["info_nce", "InfoNCE", "check_margin"]
-
+__all__ = ["info_nce", "InfoNCE", "check_margin", "check_top_k"]
 
 
 def check_margin(margin: float, margin_type: str) -> None:
@@ -47,6 +59,19 @@ def check_margin(margin: float, margin_type: str) -> None:
         raise ValueError(f"margin must be finite and >= 0, got {margin}")
     if margin_type == "angular" and margin >= math.pi:
         raise ValueError(f"angular margin must be < pi, got {margin}")
+
+
+def check_top_k(top_k: int | None, n_neg: int | None = None) -> None:
+    """``top_k``: ``None`` or an int with 1 <= top_k < n_neg (the number of negatives per anchor, when known)."""
+    if top_k is None:
+        return
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise ValueError(f"top_k must be an int or None, got {type(top_k).__name__}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if n_neg is not None and top_k >= n_neg:
+        raise ValueError(f"top_k={top_k} must be smaller than the number of negatives per anchor ({n_neg}); "
+                         "with top_k >= that it is plain InfoNCE")
 
 
 @agree_on_input_errors
@@ -61,6 +86,7 @@ def info_nce(
     margin_type: str = "additive",
     similarity: str = "cosine",
     negatives: Tensor | None = None,
+    top_k: int | None = None,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
     gather: bool | str | None = None,
@@ -70,13 +96,16 @@ def info_nce(
     Args:
         query: (B, D) anchors, unnormalised.
         key: (B, D) positives; the other rows are negatives.
-        temperature: > 0; a tensor keeps the graph (learnable temperature).
+        temperature: > 0; a tensor keeps the graph (learnable temperature); a (B,) tensor gives each anchor
+            its own temperature (not with a margin).
         symmetric: average the query->key and key->query directions (CLIP). Extra ``negatives`` only
             enter the query->key direction.
         decoupled: drop the positive from the denominator (DCL).
         margin / margin_type: positive-only margin, ``"additive"`` (cos - m) or ``"angular"`` (cos(theta + m)).
         similarity: ``"cosine"`` (normalise inside) or ``"dot"``.
         negatives: (K, D) extra negatives (e.g. a queue); no gradient flows into a detached queue.
+        top_k: keep only the ``top_k`` largest negative logits per anchor in the denominator;
+            1 <= top_k < number of negatives.
         reduction: ``"mean"`` over anchors, ``"sum"`` or ``"none"`` (per anchor, (B,)).
         tile_size: ``None`` dense; int / (rows, cols) tiled with recomputation; ``"auto"``.
         gather: ``True`` all-gather keys from every rank with gradient; ``"ring"`` pass key shards
@@ -88,8 +117,10 @@ def info_nce(
     """
     gather = resolve_gather(gather)
     check_pair("query", query, "key", key)
-    check_positive("temperature", temperature)
+    per_t = check_temperature("temperature", temperature, (query.shape[0],))
     check_margin(margin, margin_type)
+    if per_t and margin != 0.0:
+        raise ValueError("a per-anchor temperature cannot be combined with a margin")
     check_choice("similarity", similarity, ("cosine", "dot"))
     if margin_type == "angular" and margin != 0.0 and similarity != "cosine":
         raise ValueError("an angular margin needs cosine similarity (it acts on the angle); got similarity='dot'")
@@ -104,22 +135,35 @@ def info_nce(
     n_neg = B * (world_size() if gather else 1) - 1 + (0 if negatives is None else negatives.shape[0])
     if n_neg < 1:
         raise ValueError("the batch has no negatives: InfoNCE needs at least 2 samples or extra negatives")
+    check_top_k(top_k, None if gather else n_neg)
+    if top_k is not None and symmetric and not gather:
+        check_top_k(top_k, B - 1)  # the key -> query direction has no extra negatives
     q, k = prepare(query, similarity), prepare(key, similarity)
     negs = prepare(negatives, similarity) if negatives is not None else None
-    scale = to_scale(temperature, q)
-    fused = symmetric and not gather
+    qa, scale = scale_anchors(q, temperature, per_t)
+    fused = symmetric and not gather and not per_t and top_k is None
     spec = ContrastSpec(positive="index", decoupled=decoupled, margin=margin, margin_type=margin_type,
-                        column_stats=fused)
+                        column_stats=fused, neg_threshold=top_k is not None)
     ids = torch.arange(B, device=q.device)
-    row, col = run_contrast(spec, q, k, scale, row_meta={"pos_id": ids}, tile_size=tile_size,
+    meta = {"pos_id": ids}
+    if top_k is not None:
+        meta["neg_thr"] = top_negative_threshold(qa, k, scale, top_k, pos_id=ids, extra=negs, tile_size=tile_size,
+                                                 gather=gather)
+    row, col = run_contrast(spec, qa, k, scale, row_meta=meta, tile_size=tile_size,
                             gather=gather, extra_candidates=negs)
     per_anchor = row[:, 0] - row[:, 1]
     if symmetric:
         if fused:
             reverse = col[:B, 0] - row[:, 1]
         else:
-            spec_r = ContrastSpec(positive="index", decoupled=decoupled, margin=margin, margin_type=margin_type)
-            row_r, _ = run_contrast(spec_r, k, q, scale, row_meta={"pos_id": ids}, tile_size=tile_size,
+            spec_r = ContrastSpec(positive="index", decoupled=decoupled, margin=margin, margin_type=margin_type,
+                                  neg_threshold=top_k is not None)
+            ka, _ = scale_anchors(k, temperature, per_t)
+            meta_r = {"pos_id": ids}
+            if top_k is not None:
+                meta_r["neg_thr"] = top_negative_threshold(ka, q, scale, top_k, pos_id=ids, tile_size=tile_size,
+                                                           gather=gather)
+            row_r, _ = run_contrast(spec_r, ka, q, scale, row_meta=meta_r, tile_size=tile_size,
                                     gather=gather)
             reverse = row_r[:, 0] - row_r[:, 1]
         per_anchor = 0.5 * (per_anchor + reverse)
@@ -127,7 +171,9 @@ def info_nce(
 
 
 class InfoNCE(nn.Module):
-    """Module form of :func:`info_nce`; ``forward(query, key, negatives=None)``."""
+    """Module form of :func:`info_nce`; ``forward(query, key, negatives=None, temperature=None)``, where a
+    ``temperature`` given to ``forward`` (e.g. a (B,) tensor from :class:`core.losses.TemperatureNet`)
+    replaces the one of the constructor for that call."""
 
     def __init__(
         self,
@@ -140,17 +186,21 @@ class InfoNCE(nn.Module):
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
         gather: bool | str | None = None,
+        top_k: int | None = None,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)
         check_margin(margin, margin_type)
+        check_top_k(top_k)
         self.temperature, self.symmetric, self.decoupled = temperature, symmetric, decoupled
-        self.margin, self.margin_type, self.similarity = margin, margin_type, similarity
+        self.margin, self.margin_type, self.similarity, self.top_k = margin, margin_type, similarity, top_k
         self.reduction, self.tile_size, self.gather = reduction, tile_size, gather
 
-    def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None,
+                temperature: float | Tensor | None = None) -> Tensor:
         return info_nce(
-            query, key, temperature=self.temperature, symmetric=self.symmetric, decoupled=self.decoupled,
-            margin=self.margin, margin_type=self.margin_type, similarity=self.similarity,
-            negatives=negatives, reduction=self.reduction, tile_size=self.tile_size, gather=self.gather,
+            query, key, temperature=self.temperature if temperature is None else temperature,
+            symmetric=self.symmetric, decoupled=self.decoupled, margin=self.margin, margin_type=self.margin_type,
+            similarity=self.similarity, negatives=negatives, top_k=self.top_k, reduction=self.reduction,
+            tile_size=self.tile_size, gather=self.gather,
         )

@@ -7,7 +7,9 @@ other view :math:`p(a)` the positive and the remaining 2N - 2 views the negative
     \ell_a = -\log \frac{e^{\phi(s_{a,p(a)})/\tau}}{e^{\phi(s_{a,p(a)})/\tau}\,[\text{not decoupled}]
         + \sum_{k \notin \{a, p(a)\}} e^{s_{ak}/\tau}}, \qquad L = \frac{1}{2N}\sum_a \ell_a
 
-with the positive-only margin :math:`\phi` of :func:`core.losses.info_nce`.
+with the positive-only margin :math:`\phi` of :func:`core.losses.info_nce`. A per-anchor temperature
+replaces :math:`\tau` by :math:`\tau_a` in row a: ``temperature`` of shape (N,) (one per sample, shared by
+its two views) or (2N,) (one per view, ``z1``'s first).
 
 References:
     Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020.
@@ -21,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from core.losses._checks import check_choice, check_pair, check_positive, check_reduction, reduce
-from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+from core.losses._checks import check_choice, check_pair, check_positive, check_reduction, check_temperature, reduce
+from core.losses.engine import ContrastSpec, prepare, run_contrast, scale_anchors
 from core.losses.info_nce import check_margin
 from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
@@ -47,14 +49,17 @@ def nt_xent(
 
     Args:
         z1, z2: (N, D) two views of the same N samples.
-        temperature, decoupled, margin, margin_type, similarity, tile_size, gather: as in
-            :func:`core.losses.info_nce`.
+        temperature: as in :func:`core.losses.info_nce`; per anchor: a tensor of shape (N,) (one per sample,
+            both views) or (2N,) (one per view, ``z1``'s first).
+        decoupled, margin, margin_type, similarity, tile_size, gather: as in :func:`core.losses.info_nce`.
         reduction: ``"mean"`` over the 2N anchors, ``"sum"``, or ``"none"`` ((2N,), view-1 anchors first).
     """
     gather = resolve_gather(gather)
     check_pair("z1", z1, "z2", z2)
-    check_positive("temperature", temperature)
+    per_t = check_temperature("temperature", temperature, (z1.shape[0], 2 * z1.shape[0]))
     check_margin(margin, margin_type)
+    if per_t and margin != 0.0:
+        raise ValueError("a per-anchor temperature cannot be combined with a margin")
     check_choice("similarity", similarity, ("cosine", "dot"))
     if margin_type == "angular" and margin != 0.0 and similarity != "cosine":
         raise ValueError("an angular margin needs cosine similarity (it acts on the angle); got similarity='dot'")
@@ -67,13 +72,16 @@ def nt_xent(
     meta = {"pos_id": (idx + N) % (2 * N), "self_id": idx}
     spec = ContrastSpec(positive="index", exclude_self=True, decoupled=decoupled, margin=margin,
                         margin_type=margin_type)
-    row, _ = run_contrast(spec, z, z, to_scale(temperature, z), row_meta=meta, tile_size=tile_size,
-                          gather=gather)
+    if per_t and temperature.shape[0] == N:
+        temperature = temperature.repeat(2)
+    za, scale = scale_anchors(z, temperature, per_t)
+    row, _ = run_contrast(spec, za, z, scale, row_meta=meta, tile_size=tile_size, gather=gather)
     return reduce(row[:, 0] - row[:, 1], reduction)
 
 
 class NTXent(nn.Module):
-    """Module form of :func:`nt_xent`; ``forward(z1, z2)``."""
+    """Module form of :func:`nt_xent`; ``forward(z1, z2, temperature=None)`` (a ``temperature`` given to
+    ``forward``, e.g. per sample, replaces the constructor's for that call)."""
 
     def __init__(
         self,
@@ -92,9 +100,10 @@ class NTXent(nn.Module):
         self.temperature, self.decoupled, self.margin, self.margin_type = temperature, decoupled, margin, margin_type
         self.similarity, self.reduction, self.tile_size, self.gather = similarity, reduction, tile_size, gather
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
+    def forward(self, z1: Tensor, z2: Tensor, temperature: float | Tensor | None = None) -> Tensor:
         return nt_xent(
-            z1, z2, temperature=self.temperature, decoupled=self.decoupled, margin=self.margin,
+            z1, z2, temperature=self.temperature if temperature is None else temperature,
+            decoupled=self.decoupled, margin=self.margin,
             margin_type=self.margin_type, similarity=self.similarity, reduction=self.reduction,
             tile_size=self.tile_size, gather=self.gather,
         )

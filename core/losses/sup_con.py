@@ -16,6 +16,18 @@ log-probabilities, Eq. 2 of the paper) is the variant the paper recommends; "in"
 probability, Eq. 3) is its upper bound by Jensen. ``labels=None`` makes every sample its own class
 (SimCLR; with V = 2 this is exactly :func:`core.losses.nt_xent`).
 
+**Per-anchor temperature**: ``temperature`` of shape (B,) (one per sample, all its views) or (V B,) (one
+per anchor view, view-major) replaces :math:`\tau` by :math:`\tau_a` in row a, the factor included
+(:math:`\tau_a / \tau_b`).
+
+**Class prior** (``class_prior`` :math:`\pi`, (C,)): every logit of candidate k gets the additive
+log-weight :math:`-\log \pi_{y_k}`, :math:`s_{ak} = z_a \cdot z_k / \tau - \log \pi_{y_k}`, in the
+numerator and the denominator: each candidate counts with weight :math:`1/\pi_{y_k}`, so under a long-tailed
+label distribution every class carries about the same mass in the denominator (the per-class logit
+adjustment of Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, applied to the
+candidates' classes; cf. the class-averaged denominator of Zhu et al., "Balanced Contrastive Learning for
+Long-Tailed Visual Recognition", CVPR 2022).
+
 Reference:
     Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
 """
@@ -25,8 +37,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from core.losses._checks import check_choice, check_embeddings, check_positive, check_reduction, reduce
-from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
+from core.losses._checks import (
+    check_choice,
+    check_embeddings,
+    check_positive,
+    check_reduction,
+    check_temperature,
+    reduce,
+)
+from core.losses.engine import ContrastSpec, prepare, run_contrast, scale_anchors
 from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
 __all__ = ["sup_con", "SupCon", "flatten_views", "instance_labels"]
@@ -54,6 +73,23 @@ def instance_labels(B: int, V: int, gather: bool | str, device: torch.device) ->
     return (torch.arange(B, device=device) + offset).repeat(V)
 
 
+def _check_class_prior(class_prior: Tensor, labels: Tensor | None) -> None:
+    if not isinstance(class_prior, Tensor) or class_prior.dim() != 1 or class_prior.numel() == 0:
+        got = tuple(class_prior.shape) if isinstance(class_prior, Tensor) else type(class_prior).__name__
+        raise ValueError(f"class_prior must be a 1-D tensor (C,) of class frequencies, got {got}")
+    if not class_prior.is_floating_point():
+        raise ValueError(f"class_prior must be a floating tensor, got dtype {class_prior.dtype}")
+    if not bool(torch.isfinite(class_prior).all()) or not bool((class_prior > 0).all()):
+        raise ValueError("class_prior must be finite and > 0 for every class")
+    if labels is None:
+        return
+    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError("class_prior needs integer class labels (0 .. C-1)")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= class_prior.numel()):
+        raise ValueError(f"labels must lie in [0, {class_prior.numel()}) to index class_prior, got range "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+
+
 @agree_on_input_errors
 def sup_con(
     features: Tensor,
@@ -64,6 +100,7 @@ def sup_con(
     variant: str = "out",
     similarity: str = "cosine",
     anchor_mask: Tensor | None = None,
+    class_prior: Tensor | None = None,
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
     gather: bool | str | None = None,
@@ -76,7 +113,8 @@ def sup_con(
         features: (B, V, D) unnormalised embeddings, V views of each of B samples.
         labels: (B,) class labels (any dtype comparable with ``==``), or ``None`` for SimCLR (each
             sample its own class).
-        temperature: tau > 0 (a tensor keeps the graph).
+        temperature: tau > 0 (a tensor keeps the graph); per anchor: a tensor of shape (B,) (one per sample)
+            or (V B,) (one per view, view-major).
         base_temperature: tau_b; the loss is scaled by tau / tau_b (1 when they are equal).
         variant: ``"out"`` (mean of log-probabilities over positives, the paper's L_out) or ``"in"``
             (log of the mean probability, L_in).
@@ -85,6 +123,8 @@ def sup_con(
         anchor_mask: optional (B,) bool: only these samples' views are anchors; every view stays a
             candidate (positive or negative) for the anchors. Samples with no positive partner (noise,
             singletons) can so take part as negatives only.
+        class_prior: optional (C,) class frequencies pi (> 0; need not sum to 1); adds ``-log pi[y_k]`` to every
+            logit of candidate k. Needs integer ``labels`` in [0, C).
         reduction: ``"mean"`` over the anchors, ``"sum"``, or ``"none"`` ((V B',), view-major, for the B'
             anchor samples in order).
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce`; with ``gather`` the
@@ -97,11 +137,15 @@ def sup_con(
     gather = resolve_gather(gather)
     z = flatten_views(features)
     B, V = features.shape[0], features.shape[1]
-    check_positive("temperature", temperature)
+    per_t = check_temperature("temperature", temperature, (B, V * B))
     check_positive("base_temperature", base_temperature)
     check_choice("variant", variant, ("out", "in"))
     check_choice("similarity", similarity, ("cosine", "dot"))
     check_reduction(reduction)
+    if class_prior is not None:
+        if labels is None:
+            raise ValueError("class_prior needs class labels (labels=None makes every sample its own class)")
+        _check_class_prior(class_prior, labels)
     if anchor_mask is not None:
         if not isinstance(anchor_mask, Tensor) or anchor_mask.dtype != torch.bool or anchor_mask.shape != (B,):
             raise ValueError(f"anchor_mask must be a bool tensor of shape ({B},), got "
@@ -123,13 +167,22 @@ def sup_con(
         raise ValueError("the batch has no negatives: SupCon needs at least 2 views in total")
     z = prepare(z, similarity)
     ids = torch.arange(z.shape[0], device=z.device)
-    anchors, a_label, a_ids = z, y, ids
+    if per_t and temperature.shape[0] == B:
+        temperature = temperature.repeat(V)
+    anchors, a_label, a_ids, a_temp = z, y, ids, temperature
     if anchor_mask is not None:
         keep = anchor_mask.to(z.device).repeat(V)
         anchors, a_label, a_ids = z[keep], y[keep], ids[keep]
-    spec = ContrastSpec(positive="label", exclude_self=True, pos_stat="sum" if variant == "out" else "lse")
-    row, _ = run_contrast(spec, anchors, z, to_scale(temperature, z), row_meta={"label": a_label, "self_id": a_ids},
-                          col_meta={"label": y}, tile_size=tile_size, gather=gather)
+        if per_t:
+            a_temp = temperature[keep.to(temperature.device)]
+    anchors, scale = scale_anchors(anchors, a_temp, per_t)
+    col_meta = {"label": y}
+    if class_prior is not None:
+        col_meta["log_weight"] = -torch.log(class_prior.detach().to(device=z.device, dtype=z.dtype))[y.long()]
+    spec = ContrastSpec(positive="label", exclude_self=True, pos_stat="sum" if variant == "out" else "lse",
+                        col_log_weight=class_prior is not None)
+    row, _ = run_contrast(spec, anchors, z, scale, row_meta={"label": a_label, "self_id": a_ids},
+                          col_meta=col_meta, tile_size=tile_size, gather=gather)
     n_pos, n_neg = row[:, 2], row[:, 3]
     if bool((n_pos == 0).any()):
         k = int((n_pos == 0).sum())
@@ -141,14 +194,15 @@ def sup_con(
         per_anchor = row[:, 0] - row[:, 1] / n_pos
     else:
         per_anchor = row[:, 0] - row[:, 1] + torch.log(n_pos)
-    factor = temperature / base_temperature
+    factor = a_temp.to(per_anchor.dtype) / base_temperature if per_t else temperature / base_temperature
     if isinstance(factor, Tensor) or factor != 1.0:
         per_anchor = per_anchor * factor
     return reduce(per_anchor, reduction)
 
 
 class SupCon(nn.Module):
-    """Module form of :func:`sup_con`; ``forward(features, labels=None, anchor_mask=None)``."""
+    """Module form of :func:`sup_con`; ``forward(features, labels=None, anchor_mask=None, temperature=None)`` (a
+    ``temperature`` given to ``forward``, e.g. per sample, replaces the constructor's for that call)."""
 
     def __init__(
         self,
@@ -159,18 +213,24 @@ class SupCon(nn.Module):
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
         gather: bool | str | None = None,
+        class_prior: Tensor | None = None,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)
         check_positive("base_temperature", base_temperature)
         check_choice("variant", variant, ("out", "in"))
         check_choice("similarity", similarity, ("cosine", "dot"))
+        if class_prior is not None:
+            _check_class_prior(class_prior, None)
+        self.register_buffer("class_prior", class_prior)
         self.temperature, self.base_temperature, self.variant = temperature, base_temperature, variant
         self.similarity, self.reduction, self.tile_size, self.gather = similarity, reduction, tile_size, gather
 
-    def forward(self, features: Tensor, labels: Tensor | None = None, anchor_mask: Tensor | None = None) -> Tensor:
+    def forward(self, features: Tensor, labels: Tensor | None = None, anchor_mask: Tensor | None = None,
+                temperature: float | Tensor | None = None) -> Tensor:
         return sup_con(
-            features, labels, temperature=self.temperature, base_temperature=self.base_temperature,
-            variant=self.variant, similarity=self.similarity, anchor_mask=anchor_mask, reduction=self.reduction,
+            features, labels, temperature=self.temperature if temperature is None else temperature,
+            base_temperature=self.base_temperature, variant=self.variant, similarity=self.similarity,
+            anchor_mask=anchor_mask, class_prior=self.class_prior, reduction=self.reduction,
             tile_size=self.tile_size, gather=self.gather,
         )

@@ -612,3 +612,88 @@ def bad_input_task(rank: int, world: int, loss: str, gather, bad_rank: int) -> d
     ok = info_nce(torch.randn(4, 3, generator=gen, dtype=DTYPE), torch.randn(4, 3, generator=gen, dtype=DTYPE),
                   gather=gather)
     return {"error": error, "after": float(ok)}
+
+
+# ------------------------------------------------------- newer objectives: per-anchor temperature and others
+
+
+def _with_tau(make):
+    """Inputs plus one positive temperature factor per sample (split among the ranks like the samples);
+    the loss gets ``t * tau``, so the scalar ``t`` and every per-sample entry both carry gradients."""
+
+    def inner(n, dim, gen, dtype):
+        out = make(n, dim, gen, dtype)
+        out["tau"] = 0.5 + torch.rand(n, generator=gen, dtype=dtype)
+        return out
+
+    return inner
+
+
+def _with_views(n, rows, m):
+    return torch.cat([rows + v * n for v in range(m)])
+
+
+ADAPTERS.update({
+    "info_nce_tau": LossAdapter(
+        _with_tau(_two_views), lambda d, t, **kw: _losses().info_nce(d["x"], d["y"], temperature=t * d["tau"], **kw),
+        diff=("x", "y", "tau"), function="info_nce",
+    ),
+    "nt_xent_tau": LossAdapter(
+        _with_tau(_two_views), lambda d, t, **kw: _losses().nt_xent(d["x"], d["y"], temperature=t * d["tau"], **kw),
+        _two_view_rows, diff=("x", "y", "tau"), function="nt_xent",
+    ),
+    "sup_con_tau": LossAdapter(
+        _with_tau(_labelled),
+        lambda d, t, **kw: _losses().sup_con(_stack(d), d["labels"], temperature=t * d["tau"], **kw),
+        _two_view_rows, diff=("x", "y", "tau"), function="sup_con",
+    ),
+    "debiased": LossAdapter(
+        _two_views, lambda d, t, **kw: _losses().debiased_info_nce(d["x"], d["y"], temperature=t, **kw),
+        function="debiased_info_nce",
+    ),
+    "debiased_2n": LossAdapter(
+        _two_views,
+        lambda d, t, **kw: _losses().debiased_info_nce(d["x"], d["y"], temperature=t, two_n=True, **kw),
+        _two_view_rows, function="debiased_info_nce",
+    ),
+    "auc": LossAdapter(
+        _two_views, lambda d, t, **kw: _losses().auc_contrastive(d["x"], d["y"], temperature=t, **kw),
+        function="auc_contrastive",
+    ),
+    "circle": LossAdapter(
+        _labelled, lambda d, t, **kw: _losses().circle_loss(d["x"], d["y"], d["labels"], gamma=8.0 / t, **kw),
+        function="circle_loss",
+    ),
+    "mv_dhel": LossAdapter(
+        _three_views,
+        lambda d, t, **kw: _losses().multi_view_dhel(_stack(d, ("x", "y", "z")), temperature=t, **kw),
+        diff=("x", "y", "z"), function="multi_view_dhel",
+    ),
+    "poly_view": LossAdapter(
+        _three_views,
+        lambda d, t, **kw: _losses().poly_view_info_nce(_stack(d, ("x", "y", "z")), temperature=t, **kw),
+        lambda n, rows: _with_views(n, rows, 3), diff=("x", "y", "z"), function="poly_view_info_nce",
+    ),
+})
+
+
+def kernel_uniformity_task(rank: int, world: int, sizes: Sequence[int], gather, tile_size) -> dict:
+    """Each rank's value of kernel_uniformity(gather=...) and the gradient left on its local views."""
+    from core.losses import kernel_uniformity
+
+    views = torch.randn(sum(sizes), 2, 4, generator=torch.Generator().manual_seed(5), dtype=DTYPE)
+    local = views[rank_rows(sizes, rank)].clone().requires_grad_()
+    loss = kernel_uniformity(local, gamma=1.5, gather=gather, tile_size=tile_size)
+    loss.backward()
+    return {"loss": loss, "grad": local.grad}
+
+
+def kernel_uniformity_reference(sizes: Sequence[int]) -> dict:
+    """One process: the global value L (every rank's) and W * dL/dviews (what the ranks' backward leaves
+    together: DDP's mean of the ranks' parameter gradients is then dL)."""
+    from core.losses import kernel_uniformity
+
+    views = torch.randn(sum(sizes), 2, 4, generator=torch.Generator().manual_seed(5), dtype=DTYPE).requires_grad_()
+    loss = kernel_uniformity(views, gamma=1.5)
+    (grad,) = torch.autograd.grad(loss, views)
+    return {"loss": loss.detach(), "grad": len(sizes) * grad}

@@ -1,0 +1,113 @@
+r"""Per-sample temperatures for :func:`~core.losses.info_nce`, :func:`~core.losses.nt_xent` and
+:func:`~core.losses.sup_con` (which accept a ``temperature`` tensor of shape (B,), one per anchor).
+
+* :class:`TemperatureNet` predicts a bounded temperature from the embedding (TempNet):
+
+  .. math::
+      \tau(z) = \tau_{min} + (\tau_{max} - \tau_{min})\,\sigma\big(w_2^\top \mathrm{act}(W_1 \hat z + b_1) + b_2\big),
+      \qquad \hat z = z / \lVert z \rVert
+
+  trained jointly with the encoder by the contrastive loss itself (the gradient reaches it through
+  :math:`\tau_i`). The sigmoid keeps every temperature inside :math:`(\tau_{min}, \tau_{max})`, so no anchor can
+  drive its temperature to 0 or infinity.
+* :class:`PerSampleTemperature` keeps one learnable temperature per training sample, looked up by index
+  (iSogCLR's individualised temperatures), with the same bounded parametrisation.
+
+References:
+    Qiu, Hu, Yuan, Zhou, Zhang, Yang, "Not All Semantics are Created Equal: Contrastive Self-supervised
+    Learning with Automatic Temperature Individualization" (iSogCLR), ICML 2023.
+    Qiu, Wang, Wang, Lu, Hu, Yang, "To Cool or not to Cool? Temperature Network Meets Large Foundation
+    Models via DRO" (TempNet), ICML 2024.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.losses._checks import check_embeddings
+
+__all__ = ["TemperatureNet", "PerSampleTemperature"]
+
+
+def _check_bounds(tau_min: float, tau_max: float, init: float) -> None:
+    for name, v in (("tau_min", tau_min), ("tau_max", tau_max), ("init", init)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if not 0 < tau_min < tau_max:
+        raise ValueError(f"need 0 < tau_min < tau_max, got tau_min={tau_min}, tau_max={tau_max}")
+    if not tau_min < init < tau_max:
+        raise ValueError(f"init must lie strictly between tau_min={tau_min} and tau_max={tau_max}, got {init}")
+
+
+def _init_logit(tau_min: float, tau_max: float, init: float) -> float:
+    p = (init - tau_min) / (tau_max - tau_min)
+    return math.log(p / (1.0 - p))
+
+
+class TemperatureNet(nn.Module):
+    """TempNet-style temperature predictor: (B, D) embeddings -> (B,) temperatures in (tau_min, tau_max).
+
+    Args:
+        dim: embedding dimension D.
+        hidden: width of the hidden layer.
+        tau_min / tau_max: bounds of the output, 0 < tau_min < tau_max.
+        init: temperature every sample starts with (the output layer starts at zero weight and the bias that
+            maps to ``init``), so training starts from a plain fixed-temperature loss.
+        normalize: L2-normalise the input first (the temperature depends on the direction only).
+        detach_input: do not backpropagate the temperature's gradient into the encoder.
+    """
+
+    def __init__(self, dim: int, hidden: int = 256, tau_min: float = 0.01, tau_max: float = 1.0,
+                 init: float = 0.1, normalize: bool = True, detach_input: bool = False) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"hidden must be a positive int, got {hidden!r}")
+        _check_bounds(tau_min, tau_max, init)
+        self.dim, self.tau_min, self.tau_max = dim, float(tau_min), float(tau_max)
+        self.normalize, self.detach_input = normalize, detach_input
+        self.hidden = nn.Linear(dim, hidden)
+        self.out = nn.Linear(hidden, 1)
+        with torch.no_grad():
+            self.out.weight.zero_()
+            self.out.bias.fill_(_init_logit(tau_min, tau_max, init))
+
+    def forward(self, z: Tensor) -> Tensor:
+        check_embeddings("z", z)
+        if z.shape[1] != self.dim:
+            raise ValueError(f"z must have feature dimension {self.dim}, got {z.shape[1]}")
+        x = z.detach() if self.detach_input else z
+        if self.normalize:
+            x = F.normalize(x, dim=1)
+        x = x.to(self.hidden.weight.dtype)
+        logit = self.out(F.gelu(self.hidden(x))).squeeze(1)
+        return self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(logit)
+
+
+class PerSampleTemperature(nn.Module):
+    """One learnable, bounded temperature per training sample (iSogCLR): ``forward(index)`` -> (B,).
+
+    Args:
+        n: number of training samples (indices 0 .. n-1).
+        tau_min / tau_max / init: as in :class:`TemperatureNet`.
+    """
+
+    def __init__(self, n: int, tau_min: float = 0.01, tau_max: float = 1.0, init: float = 0.1) -> None:
+        super().__init__()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        _check_bounds(tau_min, tau_max, init)
+        self.n, self.tau_min, self.tau_max = n, float(tau_min), float(tau_max)
+        self.logit = nn.Parameter(torch.full((n,), _init_logit(tau_min, tau_max, init)))
+
+    def forward(self, index: Tensor) -> Tensor:
+        if not isinstance(index, Tensor) or index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
+            raise ValueError("index must be a 1-D integer tensor of sample indices")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.n):
+            raise ValueError(f"index must lie in [0, {self.n}), got range [{int(index.min())}, {int(index.max())}]")
+        return self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(self.logit[index.to(self.logit.device)])
