@@ -115,8 +115,8 @@ APP = App("recommendation", "Sequential recommendation with contrastive learning
           RecConfig, {
               "fit": Verb(fit, "train SASRec / CL4SRec / DuoRec / MCLRec (each method; early stopping on validation "
                                "NDCG@10; resumable)"),
-              "evaluate": Verb(evaluate, "full-ranking test of every fitted method and the popularity baseline; write "
-                                         "report.json, report.md and plots"),
+              "evaluate": Verb(evaluate, "full-ranking test of every fitted method; MCLRec (the headline) against the "
+                                         "baselines Pop and SASRec; write report.json, report.md and plots"),
               "run": Verb(run_, "fit, then evaluate"),
               "recommend": Verb(recommend, "top-k items for a history of item ids (--items) or a user of the data "
                                            "(--user), excluding the items already seen", arguments=_recommend_arguments,

@@ -33,7 +33,7 @@ import numpy as np
 from core.app import InputError
 
 __all__ = ["SequenceData", "load_sequences", "resolve_data_path", "EMBEDDED", "DATA_DIR",
-           "leave_one_out"]
+           "leave_one_out", "sample_users"]
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared_data" / "recommendation"
 #: embedded default data sets: name -> file
@@ -50,6 +50,8 @@ class SequenceData:
     item_labels: list[str]  # item_labels[i - 1] is the original label of item id i
     dropped_users: int = 0
     source: str = ""
+    #: what a user sample kept (:func:`sample_users`): users / items / interactions kept and total, the seed
+    sample: dict | None = None
     _label_to_id: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -84,6 +86,29 @@ def leave_one_out(seq: np.ndarray) -> tuple[np.ndarray, int, int]:
     if len(seq) < 3:
         raise InputError(f"leave-one-out needs >= 3 interactions, got {len(seq)}")
     return seq[:-2], int(seq[-2]), int(seq[-1])
+
+
+def sample_users(data: SequenceData, n: int, seed: int) -> SequenceData:
+    """A random sample of ``n`` users (``numpy.random.default_rng(seed)``, without replacement, kept in file order)
+    with their whole sequences and **every** item any of them touched: the items are re-numbered ``1..k`` in their
+    old order and nothing else is dropped, so a full ranking over the ``k`` items is the papers' protocol on a
+    smaller user base. ``n >= `` the number of users keeps all of them (the sample is still recorded)."""
+    total = len(data.sequences)
+    if n < total:
+        keep = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+    else:
+        keep = np.arange(total)
+    seqs = [data.sequences[i] for i in keep]
+    touched = np.unique(np.concatenate(seqs))  # old ids, ascending
+    new_id = np.zeros(data.n_items + 1, dtype=np.int64)
+    new_id[touched] = np.arange(1, len(touched) + 1)
+    sample = {"users": len(keep), "users_total": total, "items": len(touched), "items_total": data.n_items,
+              "interactions": int(sum(len(s) for s in seqs)), "interactions_total": data.n_interactions,
+              "seed": int(seed)}
+    return SequenceData(name=f"{data.name}_{len(keep)}users" if len(keep) < total else data.name,
+                        users=[data.users[i] for i in keep], sequences=[new_id[s] for s in seqs],
+                        item_labels=[data.item_labels[i - 1] for i in touched], dropped_users=data.dropped_users,
+                        source=data.source, sample=sample)
 
 
 def resolve_data_path(data: str | None) -> tuple[str, Path]:

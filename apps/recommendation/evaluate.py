@@ -6,7 +6,9 @@ the input ``s_1..s_{n-1}`` (its last ``max_len`` items), with the items of the i
 (``exclude_seen``, the S3-Rec / CL4SRec convention); the rank of the held-out item ``s_n`` gives
 HR@k = [rank < k] and NDCG@k = [rank < k] / log2(rank + 2), averaged over users, k in {5, 10, 20}.
 Methods: ``sasrec``, ``cl4srec``, ``duorec``, ``mclrec`` (:mod:`apps.recommendation.model`), plus ``pop``
-(items ranked by their number of training interactions) as a sanity baseline.
+(items ranked by their number of training interactions) as a sanity baseline. The report's headline method is
+MCLRec (the first contrastive method of ``--methods`` when MCLRec is not among them); Pop and SASRec (the encoder
+without a contrastive term) are its baselines, so the report says where the contrastive method wins and loses.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from core.app import InputError, Report
 from core.app.files import save_figure
 
 __all__ = ["evaluate_methods", "heldout_ranks", "pop_ranks", "recommend", "best_fitted_method", "PAPER", "METRICS",
-           "HEADLINE"]
+           "HEADLINE", "HEADLINE_METHOD", "headline_method", "sample_note"]
 
 METRICS = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20")
 #: the report's headline metric (the tour's too); models are selected on validation NDCG@10
 HEADLINE = "hr@10"
+#: the report's headline method (the app's own paper), compared with the baselines Pop and SASRec
+HEADLINE_METHOD = "mclrec"
 NAMES = {"sasrec": "SASRec", "cl4srec": "CL4SRec", "duorec": "DuoRec", "mclrec": "MCLRec", "pop": "Pop"}
 
 #: MCLRec paper (Qin et al., SIGIR 2023), Table 3, Beauty; HR@5/10/20, NDCG@5/10/20
@@ -115,6 +119,28 @@ def _plots(out: Path, results: dict[str, dict[str, float]], paper: dict | None, 
     return ["test_metrics.png", "validation_ndcg10.png"]
 
 
+def headline_method(methods: list[str]) -> str | None:
+    """The report's headline among ``methods``: MCLRec, else the first contrastive method, else none (SASRec
+    alone is only a baseline)."""
+    contrastive = [m for m in methods if m != "sasrec"]
+    if not contrastive:
+        return None
+    return HEADLINE_METHOD if HEADLINE_METHOD in contrastive else contrastive[0]
+
+
+def sample_note(data) -> str | None:
+    """The report's line on a ``--max-users`` sample (what was kept of what, and the seed), or ``None``."""
+    s = data.sample
+    if not s:
+        return None
+    return (f"user sample (--max-users {s['users']}, --sample-seed {s['seed']}): {s['users']:,} of "
+            f"{s['users_total']:,} users, with every item they touched: {s['items']:,} of {s['items_total']:,} items, "
+            f"{s['interactions']:,} of {s['interactions_total']:,} interactions"
+            + (f"; then --max-items kept {data.n_items:,} items and {len(data.sequences):,} users"
+               if data.n_items != s["items"] or len(data.sequences) != s["users"] else
+               f"; every user is ranked against all {s['items']:,} items"))
+
+
 def check_fitted(cfg: RecConfig, folders: dict[str, Path]) -> None:
     """Raise :class:`InputError` naming the first method of ``folders`` with no ``model.pt``."""
     for method, folder in folders.items():
@@ -128,10 +154,14 @@ def evaluate_methods(cfg: RecConfig, exp: Experiment, folders: dict[str, Path], 
                      log=print) -> Report:
     """Test every method of ``folders`` (method -> its ``<method>/seed<S>`` folder) and the popularity baseline:
     one row each in ``report`` (the six test metrics and the best validation NDCG@10; epochs and times in
-    ``report.extra["fit"]``), the
+    ``report.extra["fit"]``; Pop and, next to a contrastive method, SASRec are baselines of the headline method
+    :func:`headline_method`, set as ``report.headline``), the user sample (:func:`sample_note`), the
     protocol, data statistics, fit summaries and the paper's figures in ``report.extra`` / ``report.notes``, and
     the two plots written to ``out`` (listed in ``report.plots``)."""
     check_fitted(cfg, folders)
+    head = headline_method(list(folders))
+    if head is not None:
+        report.headline = head
     results: dict[str, dict[str, float]] = {}
     histories: dict[str, list] = {}
     fits: dict[str, dict] = {}
@@ -145,7 +175,8 @@ def evaluate_methods(cfg: RecConfig, exp: Experiment, folders: dict[str, Path], 
             histories[method] = info.get("history", [])
             fits[method] = {k: v for k, v in info.items() if k != "history"}
             extra = {"val_ndcg@10": info.get("best_val_ndcg@10")}
-        report.add(method, {**metrics, **{k: v for k, v in extra.items() if v is not None}}, seed=cfg.seed)
+        report.add(method, {**metrics, **{k: v for k, v in extra.items() if v is not None}}, seed=cfg.seed,
+                   baseline=method == "sasrec" and head is not None)
         log(f"{NAMES[method]}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in METRICS))
     pop = ranking_metrics(pop_ranks(exp, cfg))
     report.add("pop", pop, seed=cfg.seed, baseline=True)
@@ -155,6 +186,9 @@ def evaluate_methods(cfg: RecConfig, exp: Experiment, folders: dict[str, Path], 
                 "HR and NDCG at 5, 10, 20; each model is the epoch of its best validation NDCG@10")
     stats = {"users": len(exp.data.sequences), "items": exp.data.n_items,
              "interactions": exp.data.n_interactions, "dropped_users": exp.data.dropped_users}
+    sampled = sample_note(exp.data)
+    if sampled:
+        report.notes.append(sampled)
     report.notes += [f"{exp.data.name}: {stats['users']:,} users, {stats['items']:,} items, "
                      f"{stats['interactions']:,} interactions; split checksum {exp.data.split_checksum()}",
                      f"protocol: {protocol}"]
@@ -167,7 +201,7 @@ def evaluate_methods(cfg: RecConfig, exp: Experiment, folders: dict[str, Path], 
         report.notes.append("MCLRec paper, Table 3 (Beauty; RecBole, 100 epochs, patience 10), HR@5/10/20, "
                             "NDCG@5/10/20: " + "; ".join(f"{NAMES[m]} " + " ".join(f"{x:.4f}" for x in v)
                                                          for m, v in paper_rows.items()))
-    report.extra.update({"dataset": exp.data.name, "protocol": protocol, "stats": stats,
+    report.extra.update({"dataset": exp.data.name, "protocol": protocol, "stats": stats, "sample": exp.data.sample,
                          "split_checksum": exp.data.split_checksum(), "fit": fits,
                          "paper": {m: dict(zip(METRICS, v)) for m, v in paper_rows.items()} if paper_rows else None})
     report.plots += _plots(out, {**results, "pop": pop}, paper_rows, histories)

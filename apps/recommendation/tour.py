@@ -1,4 +1,5 @@
-"""Tour entry of the recommendation app: quick mode on a Beauty subset (full: all of Beauty, every method)."""
+"""Tour entry of the recommendation app: quick mode on a random sample of Beauty users with every item they touched
+(full ranking over those items; full: all of Beauty, every method)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from apps.recommendation.config import RecConfig
-from apps.recommendation.data import SequenceData, load_sequences
+from apps.recommendation.data import SequenceData, load_sequences, sample_users
 from apps.recommendation.model import SeqRecModule
 from core.app import InputError, current, is_main_process, load_torch, read_json, save_torch, write_json
 from core.training import default_callbacks, fit_with_resume, seed_everything, stopped_by_deadline
@@ -89,18 +89,16 @@ def keep_popular_items(data: SequenceData, k: int) -> SequenceData:
         raise InputError(f"max_items={k} leaves no user with >= 3 interactions")
     return SequenceData(name=f"{data.name}_top{k}items", users=[data.users[i] for i in ok],
                         sequences=[seqs[i] for i in ok], item_labels=[data.item_labels[i - 1] for i in keep],
-                        dropped_users=data.dropped_users + len(seqs) - len(ok), source=data.source)
+                        dropped_users=data.dropped_users + len(seqs) - len(ok), source=data.source,
+                        sample=data.sample)
 
 
 def prepare(cfg: RecConfig) -> Experiment:
     """Load the data (optionally a user subset), split it leave-one-out and build the training rows."""
     cfg.validate()
     data = load_sequences(cfg.data)
-    if cfg.max_users is not None and cfg.max_users < len(data.sequences):
-        keep = np.sort(np.random.default_rng(12345).choice(len(data.sequences), cfg.max_users, replace=False))
-        data.sequences = [data.sequences[i] for i in keep]
-        data.users = [data.users[i] for i in keep]
-        data.name = f"{data.name}_{cfg.max_users}users"
+    if cfg.max_users is not None:
+        data = sample_users(data, cfg.max_users, cfg.sample_seed)
     if cfg.max_items is not None and cfg.max_items < data.n_items:
         data = keep_popular_items(data, cfg.max_items)
     train_seqs = [s[:-2] for s in data.sequences]

@@ -69,7 +69,9 @@ def test_run_writes_the_report(fitted: tuple[str, str]) -> None:
     _, runs = fitted
     report = read_json(Path(runs) / "report.json")
     assert report["app"] == "recommendation" and report["metric"] == "hr@10" and report["higher_is_better"]
-    assert report["baselines"] == ["pop"]
+    assert report["baselines"] == ["sasrec", "pop"]  # the encoder without a contrastive term, and popularity
+    assert report["headline"] == "mclrec"
+    assert sorted(v["baseline"] for v in report["versus"]) == ["pop", "sasrec"]
     rows = {r["method"]: r for r in report["rows"]}
     assert set(rows) == {"sasrec", "cl4srec", "duorec", "mclrec", "pop"}
     for r in rows.values():
@@ -84,6 +86,25 @@ def test_run_writes_the_report(fitted: tuple[str, str]) -> None:
     fit = read_json(Path(runs) / "mclrec" / "seed0" / "fit.json")
     assert fit["epochs_run"] == 2 and [h["epoch"] for h in fit["history"]] == [1, 2]
     assert read_json(Path(runs) / "settings.json")["settings"]["dim"] == 16
+
+
+def test_report_headline_is_the_contrastive_method_against_pop_and_sasrec(fitted: tuple[str, str],
+                                                                          tmp_path: Path) -> None:
+    from apps.recommendation.evaluate import evaluate_methods, headline_method
+    from core.app import Report
+
+    assert headline_method(["sasrec", "cl4srec", "duorec", "mclrec"]) == "mclrec"
+    assert headline_method(["sasrec", "duorec", "cl4srec"]) == "duorec"
+    assert headline_method(["sasrec"]) is None
+    data, runs = fitted
+    cfg = RecConfig(data=data, run_dir=runs, dim=16, heads=2, batch_size=16, eval_every=1, epochs=2)
+    exp = prepare(cfg)
+    folders = {m: Path(runs) / m / "seed0" for m in ("sasrec", "cl4srec", "duorec", "mclrec")}
+    report = evaluate_methods(cfg, exp, folders, Report(app="recommendation", metric="hr@10"), tmp_path)
+    assert report.headline == "mclrec" and report.baselines == ["sasrec", "pop"]
+    alone = evaluate_methods(cfg, exp, {"sasrec": folders["sasrec"]}, Report(app="recommendation", metric="hr@10"),
+                             tmp_path)
+    assert alone.baselines == ["pop"] and alone.headline is None  # SASRec alone is the method, not a baseline
 
 
 def _top(out: str) -> list[str]:
@@ -166,7 +187,7 @@ def test_seed_is_one_int_and_sweep_runs_every_seed(tmp_path: Path, capsys: pytes
         assert sorted(p.name for p in (runs / m).iterdir()) == ["seed0", "seed1"]
         assert (runs / m / "seed1" / "model.pt").is_file()
     report = read_json(runs / "report.json")
-    assert report["verb"] == "sweep"
+    assert report["verb"] == "sweep" and report["baselines"] == ["sasrec", "pop"]
     assert sorted((r["method"], r["seed"]) for r in report["rows"]) == [
         (m, s) for m in ("mclrec", "pop", "sasrec") for s in (0, 1)]
     summary = {s["method"]: s for s in report["summary"]}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from apps.recommendation.config import RecConfig
-from apps.recommendation.data import leave_one_out, load_sequences
+from apps.recommendation.data import leave_one_out, load_sequences, sample_users
+from apps.recommendation.evaluate import pop_ranks, sample_note
 from apps.recommendation.train import (
     LengthBucketSampler,
     best_of,
@@ -82,6 +83,54 @@ def test_sasrec_one_interaction_per_line_is_grouped_in_file_order(tmp_path: Path
     assert [s.tolist() for s in a.sequences] == [s.tolist() for s in b.sequences]
     assert [[a.item_labels[i - 1] for i in s] for s in a.sequences] == [["5", "3", "9", "5"], ["4", "1", "2"]]
     assert a.item_labels == b.item_labels and a.split_checksum() == b.split_checksum()
+
+
+def test_the_three_formats_read_into_the_same_sequences(tmp_path: Path) -> None:
+    """One data set written as S3-Rec lines, SASRec 'user item' pairs (users interleaved) and a shuffled CSV with
+    timestamp ties: all three give the hand-checked sequences below (user 3 has 2 interactions and is dropped)."""
+    s3rec = _write(tmp_path, "s3rec.txt", "1 10 20 30 20\n2 30 40 10\n3 50 10\n4 40 50 20 10\n")
+    sasrec = _write(tmp_path, "sasrec.txt", "1 10\n2 30\n1 20\n4 40\n2 40\n1 30\n3 50\n4 50\n2 10\n1 20\n3 10\n"
+                                            "4 20\n4 10\n")
+    # user 1: 30 and 20 share timestamp 9 (30 first in the file); user 4: 20 and 10 share 300 (20 first)
+    log = _write(tmp_path, "log.csv", "user,item,timestamp,rating\n2,10,130,1\n1,30,9,4\n4,40,100,2\n1,20,9,5\n"
+                                      "3,50,1,1\n1,10,5,3\n4,20,300,1\n2,30,110,2\n1,20,7,2\n4,10,300,1\n"
+                                      "2,40,120,5\n3,10,2,1\n4,50,200,3\n")
+    want = {"1": ["10", "20", "30", "20"], "2": ["30", "40", "10"], "4": ["40", "50", "20", "10"]}
+    for path in (s3rec, sasrec, log):
+        data = load_sequences(path)
+        got = {u: [data.item_labels[i - 1] for i in s] for u, s in zip(data.users, data.sequences)}
+        assert got == want, path
+        assert data.item_labels == ["10", "20", "30", "40", "50"] and data.dropped_users == 1, path
+        ids = {u: s.tolist() for u, s in zip(data.users, data.sequences)}
+        assert ids == {"1": [1, 2, 3, 2], "2": [3, 4, 1], "4": [4, 5, 2, 1]}, path
+
+
+def test_user_sample_keeps_every_item_its_users_touched(tmp_path: Path) -> None:
+    """--max-users keeps whole sequences of a random user sample and every item any kept user touched (each user
+    here has one item of its own, so a dropped item would show), re-numbered 1..k in label order; nothing else."""
+    rng = np.random.default_rng(5)
+    lines = {str(u): [*map(str, rng.integers(1, 30, int(rng.integers(3, 7)))), str(1000 + u)] for u in range(40)}
+    path = _write(tmp_path, "u.txt", "".join(f"{u} {' '.join(items)}\n" for u, items in lines.items()))
+    full = load_sequences(path)
+    data = sample_users(full, 10, seed=3)
+    assert len(data.users) == 10 and len(set(data.users)) == 10 and set(data.users) <= set(lines)
+    assert data.users == sorted(data.users, key=int)  # file order
+    for u, s in zip(data.users, data.sequences):
+        assert [data.item_labels[i - 1] for i in s] == lines[u]  # whole sequences, labels intact
+    touched = {it for u in data.users for it in lines[u]}
+    assert data.item_labels == sorted(touched, key=int) and data.n_items == len(touched)
+    assert sorted({i for s in data.sequences for i in s.tolist()}) == list(range(1, len(touched) + 1))
+    assert data.sample == {"users": 10, "users_total": 40, "items": len(touched), "items_total": full.n_items,
+                           "interactions": sum(len(lines[u]) for u in data.users),
+                           "interactions_total": sum(map(len, lines.values())), "seed": 3}
+    assert sample_users(full, 10, seed=3).users == data.users and sample_users(full, 10, seed=4).users != data.users
+    # through the settings: the model and the full ranking cover exactly the sampled items
+    exp = prepare(RecConfig(data=path, run_dir="unused", max_users=10, sample_seed=3))
+    assert exp.data.users == data.users and exp.data.item_labels == data.item_labels
+    assert len(pop_ranks(exp, RecConfig(data=path, run_dir="unused"))) == 10
+    note = sample_note(exp.data)
+    assert note.startswith("user sample (--max-users 10, --sample-seed 3): 10 of 40 users")
+    assert f"{len(touched)} of {full.n_items} items" in note
 
 
 @pytest.mark.parametrize("text, match", [
