@@ -296,7 +296,7 @@ class App:
         reports = []
         for seed in seeds:
             ctx.log(f"sweep: seed {seed} ({seeds.index(seed) + 1} of {len(seeds)})")
-            child = ctx.child("run", seed=seed)
+            child = dataclasses.replace(ctx.child("run", seed=seed), started=time.perf_counter())  # own wall time
             child.report_dir = ctx.run_dir.path / f"seed{seed}"
             rc = run.run(child)
             if isinstance(rc, int) and rc != 0:

@@ -141,6 +141,7 @@ def test_sweep_reports_mean_and_std_over_seeds(tmp_path):
     assert entry["metrics"]["probe_accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
     assert entry["metrics"]["probe_accuracy"]["std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
     assert (run_dir / "infonce" / "seed1" / "model.pt").is_file()
+    assert seeds[0]["seconds"] + seeds[1]["seconds"] <= combined["seconds"] + 0.05  # each seed: its own time
 
 
 # ---- run directory, report, files ---------------------------------------------------------------------------------
