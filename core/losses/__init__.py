@@ -23,11 +23,17 @@ Losses (all also as ``nn.Module`` classes; every one but ``sup_re_mix`` runs den
 * :func:`align_uniform` -- alignment + uniformity as a training loss (Wang & Isola 2020; dense only);
 * :func:`poly_view_info_nce` -- Poly-View contrastive loss, arithmetic / geometric (Shidani et al. 2024);
 * :func:`circle_loss` -- circle loss with index or label positives (Sun et al. 2020);
-* :func:`multi_view_dhel` -- MV-DHEL, alignment decoupled from per-view energy (Koromilas et al. 2025).
+* :func:`multi_view_dhel` -- MV-DHEL, alignment decoupled from per-view energy (Koromilas et al. 2025);
+* :func:`info_nce_with_mixing` / :func:`info_nce_with_synthetic` -- MoCHi hard-negative mixing (Kalantidis et al.
+  2020; implemented in :mod:`core.negatives.mixing`, which holds the mining).
 
 ``info_nce``, ``nt_xent`` and ``sup_con`` (and ``debiased_info_nce``, ``auc_contrastive``) accept a per-anchor
 temperature tensor; :class:`TemperatureNet` (TempNet) and :class:`PerSampleTemperature` (iSogCLR) produce one.
 ``info_nce(top_k=K)`` keeps the K hardest negatives; ``sup_con(class_prior=pi)`` adds ``-log pi_y`` per column.
+
+float16 / bfloat16 inputs are computed in float32 and the loss is returned in float32 (see
+:mod:`core.losses._checks`). :func:`validation` ``("full" | "shapes")`` switches the host-synchronising value
+checks and the cross-rank error agreement on or off (see :mod:`core.negatives.validation`).
 """
 
 from core.losses.auc import AUCContrastive, auc_contrastive
@@ -47,6 +53,8 @@ from core.losses.sup_con import SupCon, sup_con
 from core.losses.sup_re_mix import SupReMix, sup_re_mix
 from core.losses.temperature import PerSampleTemperature, TemperatureNet
 from core.losses.uniformity import AlignUniform, KernelUniformity, align_uniform, kernel_uniformity
+from core.negatives.mixing import info_nce_with_mixing, info_nce_with_synthetic
+from core.negatives.validation import validation, validation_mode
 
 __all__ = [
     "info_nce", "InfoNCE",
@@ -67,4 +75,6 @@ __all__ = [
     "circle_loss", "CircleLoss",
     "multi_view_dhel", "MultiViewDHEL",
     "TemperatureNet", "PerSampleTemperature",
+    "info_nce_with_mixing", "info_nce_with_synthetic",
+    "validation", "validation_mode",
 ]

@@ -70,7 +70,7 @@ def auc_contrastive(
     check_reduction(reduction)
     if B * (world_size() if gather else 1) < 2:
         raise ValueError("the batch has no negatives: the AUC loss needs at least 2 samples")
-    q, k = prepare(query, similarity), prepare(key, similarity)
+    q, k = prepare(query, similarity, "query"), prepare(key, similarity, "key")
     qa, scale = scale_anchors(q, temperature, per_t)
     pos = (qa * k).sum(1) * scale
     row, _ = reduce_pairs(_auc_block, qa, k, row_kinds=("sum", "count"), params=(scale, pos),

@@ -41,7 +41,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from core.losses._checks import check_choice, check_embeddings, check_positive, check_reduction, reduce
+from core.losses._checks import (
+    check_choice,
+    check_embeddings,
+    check_reduction,
+    check_temperature,
+    full_validation,
+    reduce,
+)
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.sup_con import flatten_views
 from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
@@ -54,7 +61,7 @@ def _check_targets(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype == torch.bool or x.is_complex():
         raise ValueError(f"{name} must be real numbers, got dtype {x.dtype}")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if full_validation() and x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
@@ -122,7 +129,7 @@ def con_r(
         raise ValueError(f"preds must have the shape of labels {tuple(labels.shape)}, got {tuple(preds.shape)}")
     else:
         p = preds
-    check_positive("temperature", temperature)
+    check_temperature("temperature", temperature)
     if not math.isfinite(window) or window < 0:
         raise ValueError(f"window must be finite and >= 0, got {window}")
     check_choice("push", push, ("exp", "linear"))
@@ -137,12 +144,12 @@ def con_r(
         _check_targets("sample_weights", sample_weights)
         if tuple(sample_weights.shape) != (B,):
             raise ValueError(f"sample_weights must have shape ({B},), got {tuple(sample_weights.shape)}")
-        if bool((sample_weights < 0).any()):
+        if full_validation() and bool((sample_weights < 0).any()):
             raise ValueError("sample_weights must be >= 0")
         w = sample_weights.detach().to(z.dtype).repeat(V)
     if N * (world_size() if gather else 1) < 2:
         raise ValueError("the batch has no negatives: ConR needs at least 2 views")
-    z = prepare(z, "cosine")
+    z = prepare(z, "cosine", "features")
     y, p = y.to(z.device).detach(), p.to(z.device).detach()
     ids = torch.arange(N, device=z.device)
     spec = ContrastSpec(positive="window", exclude_self=True, negatives_rule="conr", window=float(window),
@@ -174,7 +181,7 @@ class ConR(nn.Module):
         gather: bool | str | None = None,
     ) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
+        check_temperature("temperature", temperature)
         check_choice("push", push, ("exp", "linear"))
         check_choice("denominator", denominator, ("paper", "official"))
         self.temperature, self.window, self.push, self.push_scale = temperature, window, push, push_scale

@@ -29,7 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses._checks import check_embeddings, check_positive, check_reduction
+from core.losses._checks import (
+    check_dtypes,
+    check_embeddings,
+    check_reduction,
+    check_temperature,
+    full_validation,
+    upcast,
+)
 from core.losses.engine import ContrastSpec, run_contrast, to_scale
 from core.negatives.distributed import agree_on_input_errors, resolve_gather
 
@@ -65,7 +72,8 @@ def cpc(
     gather = resolve_gather(gather)
     check_embeddings("context", context, ndim=3)
     check_embeddings("future", future, ndim=3)
-    check_positive("temperature", temperature)
+    check_dtypes(context=context, future=future)
+    check_temperature("temperature", temperature)
     check_reduction(reduction)
     B, T = context.shape[0], context.shape[1]
     if tuple(future.shape[:2]) != (B, T):
@@ -78,7 +86,7 @@ def cpc(
     if T < 2 or K >= T:
         raise ValueError(f"CPC needs T > K (at least one prediction per step): T = {T}, K = {K}")
     Dz = future.shape[2]
-    z = future.reshape(B * T, Dz)
+    z = upcast(future).reshape(B * T, Dz)
     scale = to_scale(temperature, z)
     spec = ContrastSpec(positive="index")
     steps = []
@@ -87,6 +95,13 @@ def cpc(
         if not isinstance(pred, Tensor) or tuple(pred.shape) != (B, T - k, Dz):
             shape = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
             raise ValueError(f"predictor {k} must map (B, T-k, Dc) to (B, T-k, {Dz}), got {shape}")
+        if not pred.is_floating_point():
+            raise ValueError(f"predictor {k} returned a {pred.dtype} tensor; it must be floating")
+        check_dtypes(future=future, **{f"predictor {k}'s output": pred})
+        if full_validation() and not bool(torch.isfinite(pred).all()):
+            raise ValueError(f"predictor {k} returned NaN or infinite values (step k = {k}); check its weights "
+                             "and the context")
+        pred = upcast(pred)
         pos_id = (torch.arange(B, device=z.device)[:, None] * T
                   + torch.arange(k, T, device=z.device)[None, :]).reshape(-1)
         row, _ = run_contrast(spec, pred.reshape(B * (T - k), Dz), z, scale, row_meta={"pos_id": pos_id},
@@ -123,7 +138,7 @@ class CPC(nn.Module):
         super().__init__()
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        check_positive("temperature", temperature)
+        check_temperature("temperature", temperature)
         self.predictors = nn.ModuleList(nn.Linear(context_dim, future_dim, bias=bias) for _ in range(steps))
         self.temperature, self.reduction, self.tile_size, self.gather = temperature, reduction, tile_size, gather
 

@@ -130,7 +130,7 @@ def debiased_info_nce(
     n_global = B * (world_size() if gather else 1)
     if n_global < 2:
         raise ValueError("the batch has no negatives: the debiased loss needs at least 2 samples")
-    q, k = prepare(query, similarity), prepare(key, similarity)
+    q, k = prepare(query, similarity, "query"), prepare(key, similarity, "key")
     ids = torch.arange(B, device=q.device)
     if two_n:
         anchors = cands = torch.cat([q, k], 0)

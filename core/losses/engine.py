@@ -19,6 +19,12 @@ directly); :func:`run_contrast` is it for :func:`contrast_block`. In the dense m
 uses the fused log-softmax / softmax kernels, and plain index positives are read off the logit matrix in
 the same function, so a dense InfoNCE step costs what ``F.cross_entropy`` costs.
 
+**Writing your own loss.** Everything a loss outside this package needs is exported here (see ``__all__``):
+:func:`reduce_pairs` and its block contract (:class:`Block`, :data:`BlockFn`, :func:`safe_logsumexp`, named
+statistics through :class:`Stats`), :func:`to_scale` / :func:`prepare`, the validators of
+:mod:`core.losses._checks`, :func:`reduce`, :func:`resolve_gather` and :func:`agree_on_input_errors` (the
+cross-rank error agreement), and :func:`validation`. ``docs/custom_loss.md`` builds a loss on them, step by step.
+
 Logit with margin (positives only), ``m`` the margin and ``s`` the cosine:
 
 * additive (NT-Xent-AM, CosFace-style): ``(s - m) / tau``;
@@ -31,16 +37,44 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from core.negatives.distributed import resolve_gather
-from core.negatives.execution import Block, BlockFn, pair_reduce, safe_logsumexp
+from core.losses._checks import (
+    MIN_NORM,
+    check_choice,
+    check_dtypes,
+    check_embeddings,
+    check_labels,
+    check_pair,
+    check_positive,
+    check_reduction,
+    check_temperature,
+    compute_dtype,
+    normalize_rows,
+    reduce,
+    upcast,
+)
+from core.negatives.distributed import PeerInputError, agree_on_input_errors, resolve_gather, world_size
+from core.negatives.execution import Block, BlockFn, check_tile_size, pair_reduce, safe_logsumexp
+from core.negatives.validation import full_validation, validation, validation_mode
 
-__all__ = ["ContrastBlockFn", "ContrastSpec", "contrast_block", "reduce_pairs", "run_contrast", "prepare", "to_scale",
-           "scale_anchors"]
+__all__ = [
+    # the engine
+    "reduce_pairs", "Block", "BlockFn", "Stats", "safe_logsumexp", "to_scale", "scale_anchors", "prepare",
+    # the InfoNCE family's block function and its statistics
+    "ContrastSpec", "ContrastBlockFn", "contrast_block", "run_contrast", "ROW_STATS", "RowStats", "row_stats",
+    # validators (ValueError naming the argument) and the reduction
+    "check_embeddings", "check_pair", "check_dtypes", "check_temperature", "check_positive", "check_reduction",
+    "check_labels", "check_choice", "check_tile_size", "normalize_rows", "upcast", "compute_dtype", "MIN_NORM",
+    "reduce",
+    # distributed execution and the cross-rank error agreement
+    "resolve_gather", "world_size", "agree_on_input_errors", "PeerInputError",
+    # how much is validated
+    "validation", "validation_mode", "full_validation",
+]
 
 
 @dataclass(frozen=True)
@@ -115,12 +149,14 @@ def scale_anchors(anchors: Tensor, temperature: float | Tensor, per_anchor: bool
     return anchors / t[:, None], torch.ones((), dtype=anchors.dtype, device=anchors.device)
 
 
-def prepare(x: Tensor, similarity: str) -> Tensor:
-    """L2-normalise for cosine similarity; leave as is for dot product."""
+def prepare(x: Tensor, similarity: str, name: str = "embeddings") -> Tensor:
+    """Embeddings in the compute dtype (float16 / bfloat16 -> float32), L2-normalised for cosine similarity
+    (a row with no direction raises, naming ``name`` and the row: see :func:`core.losses._checks.normalize_rows`);
+    as they are for dot product."""
     if similarity == "cosine":
-        return F.normalize(x, dim=-1)
+        return normalize_rows(x, name)
     if similarity == "dot":
-        return x
+        return upcast(x)
     raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
 
 
@@ -427,7 +463,7 @@ def reduce_pairs(
     anchors: Tensor,
     candidates: Tensor,
     *,
-    row_kinds: Sequence[str],
+    row_kinds: Sequence[str] | Mapping[str, str],
     col_kinds: Sequence[str] = (),
     params: Sequence[Tensor] = (),
     row_meta: Mapping[str, Tensor] | None = None,
@@ -436,15 +472,89 @@ def reduce_pairs(
     gather: bool | str | None = None,
     extra_candidates: Tensor | None = None,
     id_keys: Sequence[str] = ("pos_id", "self_id"),
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor | Stats, Tensor]:
     """Run any block function in the execution mode asked for: dense / tiled (``tile_size``), over the
     candidates of every rank (``gather=True``: all-gather with gradient; ``"ring"``: shards passed around
     a ring), with optional ``extra_candidates`` (a queue) appended after the (gathered) candidates.
 
+    This is the one place that decides the execution mode: ``tile_size`` is validated here (before any
+    collective), the ring's restrictions (no extra candidates, no column statistics) are checked here.
+
+    The block contract (:data:`BlockFn`): ``block_fn(a, c, params, blk)`` gets a block of anchors ``a`` (T, D)
+    and candidates ``c`` (C, D), the ``params`` tensors (temperatures ...; they get gradients) and a
+    :class:`Block` (global ``row_ids`` / ``col_ids``, ``row`` / ``col`` metadata sliced to the block), and
+    returns ``(row_stats, col_stats)``: one (T,) tensor per entry of ``row_kinds`` and one (C,) per entry of
+    ``col_kinds``. Kinds: ``"lse"`` (log-sum-exp; merged over blocks with ``logaddexp``; a row may see no
+    term in a tile, so use :func:`safe_logsumexp`), ``"sum"`` and ``"count"`` (summed; counts carry no
+    gradient). The result must not depend on how the columns are split into blocks. In the tiled and ring
+    modes the forward pass runs without a graph and every block is recomputed under autograd in backward.
+
     The row-metadata entries named in ``id_keys`` index the *local* candidates; with ``gather`` they are
     shifted to this rank's slot of the gathered set. Extra candidates carry no column metadata.
+
+    ``row_kinds`` may be a mapping ``{name: kind}`` (the block function still returns its statistics in that
+    order): the row statistics then come back as a :class:`Stats` (``stats.neg_lse`` instead of
+    ``row[:, 0]``); a sequence gives the (B, R) tensor.
     """
+    names = tuple(row_kinds) if isinstance(row_kinds, Mapping) else None
+    kinds = tuple(row_kinds.values()) if isinstance(row_kinds, Mapping) else tuple(row_kinds)
+    row, col = _reduce_pairs(block_fn, anchors, candidates, row_kinds=kinds, col_kinds=col_kinds, params=params,
+                             row_meta=row_meta, col_meta=col_meta, tile_size=tile_size, gather=gather,
+                             extra_candidates=extra_candidates, id_keys=id_keys)
+    if names is None:
+        return row, col
+    return Stats(zip(names, row.unbind(1))), col
+
+
+class Stats(dict):
+    """Named per-row statistics (a dict of (B,) tensors that also reads as attributes: ``stats.pos``)."""
+
+    def __getattr__(self, name: str) -> Tensor:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no statistic {name!r}; have {list(self)}") from None
+
+
+#: names of the five row statistics of :func:`run_contrast` / :func:`contrast_block`, in column order
+ROW_STATS = ("den_lse", "pos", "n_pos", "n_neg", "n_non_positive")
+
+
+class RowStats(NamedTuple):
+    """The row statistics of :func:`run_contrast` by name: ``den_lse`` the log-sum-exp of the denominator, ``pos``
+    the positive statistic (sum of positive logits, or their log-sum-exp for ``pos_stat="lse"``), ``n_pos`` the
+    number (or total weight) of positives, ``n_neg`` the number of negatives, ``n_non_positive`` the columns that
+    are not positives (ConR's "official" denominator)."""
+
+    den_lse: Tensor
+    pos: Tensor
+    n_pos: Tensor
+    n_neg: Tensor
+    n_non_positive: Tensor
+
+
+def row_stats(row: Tensor) -> RowStats:
+    """Name the columns of :func:`run_contrast`'s (B, 5) row statistics."""
+    return RowStats(*row.unbind(1))
+
+
+def _reduce_pairs(
+    block_fn: BlockFn,
+    anchors: Tensor,
+    candidates: Tensor,
+    *,
+    row_kinds: Sequence[str],
+    col_kinds: Sequence[str],
+    params: Sequence[Tensor],
+    row_meta: Mapping[str, Tensor] | None,
+    col_meta: Mapping[str, Tensor] | None,
+    tile_size,
+    gather: bool | str | None,
+    extra_candidates: Tensor | None,
+    id_keys: Sequence[str],
+) -> tuple[Tensor, Tensor]:
     gather = resolve_gather(gather)
+    check_tile_size(tile_size)
     row_meta = dict(row_meta or {})
     col_meta = dict(col_meta or {})
     if gather:

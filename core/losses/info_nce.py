@@ -39,9 +39,9 @@ from torch import Tensor, nn
 
 from core.losses._checks import (
     check_choice,
+    check_dtypes,
     check_embeddings,
     check_pair,
-    check_positive,
     check_reduction,
     check_temperature,
     reduce,
@@ -117,6 +117,7 @@ def info_nce(
     """
     gather = resolve_gather(gather)
     check_pair("query", query, "key", key)
+    check_dtypes(query=query, key=key, negatives=negatives)
     per_t = check_temperature("temperature", temperature, (query.shape[0],))
     check_margin(margin, margin_type)
     if per_t and margin != 0.0:
@@ -138,8 +139,8 @@ def info_nce(
     check_top_k(top_k, None if gather else n_neg)
     if top_k is not None and symmetric and not gather:
         check_top_k(top_k, B - 1)  # the key -> query direction has no extra negatives
-    q, k = prepare(query, similarity), prepare(key, similarity)
-    negs = prepare(negatives, similarity) if negatives is not None else None
+    q, k = prepare(query, similarity, "query"), prepare(key, similarity, "key")
+    negs = prepare(negatives, similarity, "negatives") if negatives is not None else None
     qa, scale = scale_anchors(q, temperature, per_t)
     fused = symmetric and not gather and not per_t and top_k is None
     spec = ContrastSpec(positive="index", decoupled=decoupled, margin=margin, margin_type=margin_type,
@@ -189,7 +190,7 @@ class InfoNCE(nn.Module):
         top_k: int | None = None,
     ) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
+        check_temperature("temperature", temperature)
         check_margin(margin, margin_type)
         check_top_k(top_k)
         self.temperature, self.symmetric, self.decoupled = temperature, symmetric, decoupled

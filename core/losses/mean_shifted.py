@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses._checks import check_pair, check_positive, check_reduction, reduce
+from core.losses._checks import check_pair, check_reduction, check_temperature, full_validation, normalize_rows, reduce
 from core.losses.nt_xent import nt_xent
 from core.negatives.distributed import agree_on_input_errors, resolve_gather
 
@@ -73,18 +73,18 @@ def mean_shifted(
     """
     gather = resolve_gather(gather)
     check_pair("z1", z1, "z2", z2)
-    check_positive("temperature", temperature)
+    check_temperature("temperature", temperature)
     check_reduction(reduction)
     if not isinstance(center, Tensor):
         raise ValueError(f"center must be a torch.Tensor, got {type(center).__name__}")
     if center.dim() != 1 or center.shape[0] != z1.shape[1]:
         raise ValueError(f"center must have shape ({z1.shape[1]},), got {tuple(center.shape)}")
-    if not bool(torch.isfinite(center.detach()).all()):
+    if full_validation() and not bool(torch.isfinite(center.detach()).all()):
         raise ValueError("center contains NaN or infinite values")
     if not math.isfinite(angular_weight) or angular_weight < 0:
         raise ValueError(f"angular_weight must be finite and >= 0, got {angular_weight}")
-    c = center.to(z1.dtype)
-    phi1, phi2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    phi1, phi2 = normalize_rows(z1, "z1"), normalize_rows(z2, "z2")
+    c = center.to(phi1.dtype)
     theta1, theta2 = F.normalize(phi1 - c, dim=-1), F.normalize(phi2 - c, dim=-1)
     # theta is unit-norm already: "dot" avoids a second normalisation
     per_anchor = nt_xent(theta1, theta2, temperature=temperature, similarity="dot", reduction="none",
@@ -109,7 +109,7 @@ class MeanShifted(nn.Module):
         gather: bool | str | None = None,
     ) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
+        check_temperature("temperature", temperature)
         self.register_buffer("center", None if center is None else center.detach().clone())
         self.temperature, self.angular_weight = temperature, angular_weight
         self.reduction, self.tile_size, self.gather = reduction, tile_size, gather

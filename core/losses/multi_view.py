@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from core.losses._checks import check_embeddings, check_positive, check_reduction, reduce
+from core.losses._checks import check_embeddings, check_reduction, check_temperature, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.sup_con import flatten_views, instance_labels
 from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
@@ -77,13 +77,13 @@ def multi_view_info_nce(
     x = _stack_views(views)
     z = flatten_views(x, "views")
     B, V = x.shape[0], x.shape[1]
-    check_positive("temperature", temperature)
+    check_temperature("temperature", temperature)
     check_reduction(reduction)
     if V < 2:
         raise ValueError(f"MV-InfoNCE needs V >= 2 views, got {V}")
     if B * (world_size() if gather else 1) < 2:
         raise ValueError("the batch has no negatives: MV-InfoNCE needs at least 2 samples")
-    z = prepare(z, "cosine")
+    z = prepare(z, "cosine", "views (row v * B + i is view v of sample i)")
     y = instance_labels(B, V, gather, z.device)
     ids = torch.arange(z.shape[0], device=z.device)
     spec = ContrastSpec(positive="label", exclude_self=True, pos_stat="lse")
@@ -106,7 +106,7 @@ class MultiViewInfoNCE(nn.Module):
         gather: bool | str | None = None,
     ) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
+        check_temperature("temperature", temperature)
         self.temperature, self.reduction, self.tile_size, self.gather = temperature, reduction, tile_size, gather
 
     def forward(self, views: Tensor | Sequence[Tensor]) -> Tensor:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from core.losses._checks import check_positive, check_reduction, reduce
+from core.losses._checks import check_reduction, check_temperature, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.multi_view import _stack_views
 from core.losses.sup_con import flatten_views
@@ -64,11 +64,11 @@ def multi_view_dhel(
     B, V = x.shape[0], x.shape[1]
     if V < 2:
         raise ValueError(f"MV-DHEL needs V >= 2 views, got {V}")
-    check_positive("temperature", temperature)
+    check_temperature("temperature", temperature)
     check_reduction(reduction)
     if B * (world_size() if gather else 1) < 2:
         raise ValueError("the batch has no negatives: MV-DHEL needs at least 2 samples")
-    z = prepare(x, "cosine")
+    z = prepare(x, "cosine", "views (rows are (sample, view))")
     scale = to_scale(temperature, z)
     # energy of view l: log sum_{j != i} e^{s(il, jl)}; the "positive" is the anchor itself, dropped (decoupled)
     spec = ContrastSpec(positive="index", decoupled=True)
@@ -89,7 +89,7 @@ class MultiViewDHEL(nn.Module):
     def __init__(self, temperature: float = 0.2, reduction: str = "mean",
                  tile_size: int | str | tuple[int, int] | None = None, gather: bool | str | None = None) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
+        check_temperature("temperature", temperature)
         self.temperature, self.reduction, self.tile_size, self.gather = temperature, reduction, tile_size, gather
 
     def forward(self, views: Tensor | Sequence[Tensor]) -> Tensor:

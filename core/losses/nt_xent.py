@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from core.losses._checks import check_choice, check_pair, check_positive, check_reduction, check_temperature, reduce
+from core.losses._checks import check_choice, check_pair, check_reduction, check_temperature, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, scale_anchors
 from core.losses.info_nce import check_margin
 from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
@@ -67,7 +67,7 @@ def nt_xent(
     N = z1.shape[0]
     if N * (world_size() if gather else 1) < 2:
         raise ValueError("the batch has no negatives: NT-Xent needs at least 2 samples")
-    z = prepare(torch.cat([z1, z2], 0), similarity)
+    z = prepare(torch.cat([z1, z2], 0), similarity, "torch.cat([z1, z2])")
     idx = torch.arange(2 * N, device=z.device)
     meta = {"pos_id": (idx + N) % (2 * N), "self_id": idx}
     spec = ContrastSpec(positive="index", exclude_self=True, decoupled=decoupled, margin=margin,
@@ -95,7 +95,7 @@ class NTXent(nn.Module):
         gather: bool | str | None = None,
     ) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
+        check_temperature("temperature", temperature)
         check_margin(margin, margin_type)
         self.temperature, self.decoupled, self.margin, self.margin_type = temperature, decoupled, margin, margin_type
         self.similarity, self.reduction, self.tile_size, self.gather = similarity, reduction, tile_size, gather

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from core.losses._checks import check_choice, check_positive, check_reduction, reduce
+from core.losses._checks import check_choice, check_reduction, check_temperature, reduce
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.multi_view import _stack_views
 from core.losses.sup_con import flatten_views, instance_labels
@@ -63,12 +63,12 @@ def poly_view_info_nce(
     B, M = x.shape[0], x.shape[1]
     if M < 2:
         raise ValueError(f"Poly-View needs M >= 2 views per sample, got {M}")
-    check_positive("temperature", temperature)
+    check_temperature("temperature", temperature)
     check_choice("aggregation", aggregation, ("arithmetic", "geometric"))
     check_reduction(reduction)
     if B * (world_size() if gather else 1) < 2:
         raise ValueError("the batch has no negatives: Poly-View needs at least 2 samples")
-    z = prepare(x, "cosine")
+    z = prepare(x, "cosine", "views (rows are (sample, view))")
     scale = to_scale(temperature, z)
     ids = torch.arange(B, device=z.device)
     per_view = []
@@ -97,7 +97,7 @@ class PolyViewInfoNCE(nn.Module):
     def __init__(self, temperature: float = 0.1, aggregation: str = "arithmetic", reduction: str = "mean",
                  tile_size: int | str | tuple[int, int] | None = None, gather: bool | str | None = None) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
+        check_temperature("temperature", temperature)
         check_choice("aggregation", aggregation, ("arithmetic", "geometric"))
         self.temperature, self.aggregation, self.reduction = temperature, aggregation, reduction
         self.tile_size, self.gather = tile_size, gather

@@ -26,11 +26,12 @@ Reference:
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
 
-from core.losses._checks import check_pair, check_positive, check_reduction, reduce
+from core.losses._checks import check_pair, check_positive, check_reduction, compute_dtype, full_validation, reduce
 from core.losses.engine import prepare, reduce_pairs
 from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 from core.negatives.execution import Block
@@ -57,12 +58,16 @@ def _as_scalar(name: str, value: float | Tensor, like: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
-        if not bool(torch.isfinite(value.detach()).all()):
+        if not value.is_floating_point():
+            raise ValueError(f"{name} must be a floating tensor, got dtype {value.dtype}")
+        if full_validation() and not bool(torch.isfinite(value.detach()).all()):
             raise ValueError(f"{name} must be finite, got {float(value.detach())}")
-        return value.reshape(()).to(like.dtype)
+        return value.reshape(()).to(compute_dtype(like.dtype))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number or a torch.Tensor, got {type(value).__name__}")
     if not math.isfinite(float(value)):
         raise ValueError(f"{name} must be finite, got {value}")
-    return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    return torch.tensor(float(value), dtype=compute_dtype(like.dtype), device=like.device)
 
 
 @agree_on_input_errors
@@ -98,7 +103,7 @@ def sig_lip(
     B = a.shape[0]
     if B * (world_size() if gather else 1) < 2:
         raise ValueError("the batch has no negatives: SigLIP needs at least 2 pairs")
-    u, v = prepare(a, "cosine"), prepare(b, "cosine")
+    u, v = prepare(a, "cosine", "a"), prepare(b, "cosine", "b")
     row, _ = reduce_pairs(
         sig_lip_block, u, v, row_kinds=("sum",), params=(t, bias),
         row_meta={"pos_id": torch.arange(B, device=u.device)}, tile_size=tile_size, gather=gather,

@@ -52,7 +52,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.losses._checks import check_choice, check_embeddings, check_positive, check_reduction, reduce
+from core.losses._checks import (
+    check_choice,
+    check_embeddings,
+    check_positive,
+    check_reduction,
+    check_temperature,
+    full_validation,
+    reduce,
+    upcast,
+)
 from core.losses.engine import prepare
 from core.losses.sup_con import flatten_views
 
@@ -184,14 +193,16 @@ def sup_re_mix(
         raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() != 1 or labels.shape[0] != B:
         raise ValueError(f"labels must have shape ({B},) (one scalar per sample), got {tuple(labels.shape)}")
-    if labels.dtype == torch.bool or (labels.is_floating_point() and not bool(torch.isfinite(labels).all())):
+    if labels.dtype == torch.bool or (labels.is_floating_point() and full_validation()
+                                      and not bool(torch.isfinite(labels).all())):
         raise ValueError("labels must be finite real numbers")
-    check_positive("temperature", temperature)
+    check_temperature("temperature", temperature)
     check_positive("window", window)
     check_positive("beta[0]", beta[0])
     check_positive("beta[1]", beta[1])
     check_choice("distance_weight", distance_weight, _WEIGHTS)
     check_reduction(reduction)
+    z = upcast(z)  # labels, mixing coefficients and logits in float32 for float16 / bfloat16 features
     N = z.shape[0]
     if N < 2:
         raise ValueError("the batch has no negatives: SupReMix needs at least 2 views")
@@ -213,7 +224,7 @@ def sup_re_mix(
     if int(block_size) < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     block_size = int(block_size)
-    z = prepare(z, "cosine")
+    z = prepare(z, "cosine", "features")
     scale = 1.0 / float(temperature)
     args = (scale, float(window), distance_weight, mix_pos, detach_mixtures)
     recompute = torch.is_grad_enabled() and z.requires_grad and block_size < N
@@ -248,7 +259,7 @@ class SupReMix(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
+        check_temperature("temperature", temperature)
         check_choice("distance_weight", distance_weight, _WEIGHTS)
         self.temperature, self.window, self.beta, self.distance_weight = temperature, window, beta, distance_weight
         self.mix_neg, self.mix_pos, self.detach_mixtures = mix_neg, mix_pos, detach_mixtures

@@ -29,10 +29,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses._checks import check_embeddings
+from core.losses._checks import check_embeddings, normalize_rows
 from core.losses.engine import _index_fill, reduce_pairs
 from core.negatives.distributed import agree_on_input_errors, all_gather_no_grad, resolve_gather, world_size
 from core.negatives.execution import Block, safe_logsumexp
@@ -90,7 +89,7 @@ def kernel_uniformity(
     W = world_size() if gather else 1
     if B * W < 2:
         raise ValueError("kernel uniformity needs at least 2 samples")
-    mu = F.normalize(views, dim=-1).mean(1)
+    mu = normalize_rows(views, "views (rows are (sample, view))").mean(1)
     row, _ = reduce_pairs(_GaussianBlock(float(gamma)), mu, mu, row_kinds=("lse", "count"),
                           row_meta={"self_id": torch.arange(B, device=mu.device)}, tile_size=tile_size, gather=gather)
     local = torch.logsumexp(row[:, 0], 0)

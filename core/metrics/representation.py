@@ -34,6 +34,14 @@ def _check_matrix(name: str, z: Tensor, min_rows: int = 1) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
+_UNIF_ROWS = 1024
+
+
+def _upcast(z: Tensor) -> Tensor:
+    """float16 / bfloat16 -> float32 (computed and returned in float32, as the losses do)."""
+    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+
+
 def _check_positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
@@ -61,6 +69,7 @@ def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
     if z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     _check_positive("alpha", alpha)
+    z1, z2 = _upcast(z1), _upcast(z2)
     d = (F.normalize(z1, dim=1) - F.normalize(z2, dim=1)).norm(dim=1)
     return d.pow(alpha).mean()
 
@@ -85,8 +94,21 @@ def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
     """
     _check_matrix("z", z, min_rows=2)
     _check_positive("t", t)
-    sq = torch.pdist(F.normalize(z, dim=1), p=2).pow(2)  # the N(N-1)/2 distinct pairs
-    return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())
+    u = F.normalize(z.double(), dim=1)
+    # |u_i - u_j|^2 = 2 - 2 u_i . u_j on the unit sphere, in float64 (no cancellation error worth the name at any
+    # t): smooth everywhere, where ``pdist`` (a square root, then squared) has a NaN gradient for two coinciding
+    # points. Row blocks of _UNIF_ROWS x N keep the memory at pdist's level.
+    n = u.shape[0]
+    parts = []
+    for r0 in range(0, n - 1, _UNIF_ROWS):
+        r1 = min(r0 + _UNIF_ROWS, n - 1)
+        rows = torch.arange(r0, r1, device=u.device)
+        cols = torch.arange(r0 + 1, n, device=u.device)
+        sq = (2.0 - 2.0 * (u[r0:r1] @ u[r0 + 1:].T)).clamp_min(0.0)  # pairs (i, j) with j >= r0 + 1
+        x = (-t * sq).masked_fill(cols[None, :] <= rows[:, None], float("-inf"))  # keep j > i only
+        parts.append(torch.logsumexp(x.reshape(-1), 0))
+    n_pairs = n * (n - 1) // 2
+    return (torch.logsumexp(torch.stack(parts), 0) - math.log(n_pairs)).to(_upcast(z).dtype)
 
 
 def effective_rank(z: Tensor, eps: float = 1e-12) -> Tensor:

@@ -62,6 +62,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from core.negatives.execution import _KINDS, BlockFn, BlockWalk, _init, pair_reduce, resolve_tile_size
+from core.negatives.validation import full_validation
 
 __all__ = [
     "agree_on_input_errors",
@@ -170,12 +171,14 @@ def agree_on_input_errors(fn: Callable) -> Callable:
     (bad input) or after the gathering (e.g. an anchor with no positive among the gathered candidates), is
     raised on every rank (see the comment above) instead of leaving the others hanging: the failing rank
     its own error, the others :class:`PeerInputError` naming it. Costs two all-reduces of ``world`` ints
-    per call in distributed mode (one before the first collective, one at the end); nothing otherwise."""
+    per call in distributed mode (one before the first collective, one at the end); nothing otherwise, and
+    nothing under :func:`core.negatives.validation.validation` ``"shapes"`` (a failing rank then raises alone)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if not kwargs.get("gather") or _CHECKS_PENDING.get() or world_size() == 1:
-            return fn(*args, **kwargs)  # single-process, or nested inside a loss that already agrees
+        if not kwargs.get("gather") or _CHECKS_PENDING.get() or world_size() == 1 or not full_validation():
+            # single-process, nested inside a loss that already agrees, or validation("shapes") (no exchange)
+            return fn(*args, **kwargs)
         token = _CHECKS_PENDING.set(True)
         try:
             out = fn(*args, **kwargs)

@@ -23,6 +23,8 @@ The two block loops live in :class:`BlockWalk` so that the ring of
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +32,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["DEFAULT_TILE", "DEFAULT_TILE_CUDA", "Block", "BlockFn", "available_memory_bytes", "default_tile",
-           "pair_reduce", "resolve_tile_size", "safe_logsumexp"]
+           "check_tile_size", "pair_reduce", "resolve_tile_size", "safe_logsumexp"]
 
 _KINDS = ("lse", "sum", "count")
 
@@ -149,11 +151,10 @@ def resolve_tile_size(
     ``memory_budget_bytes`` (default: :data:`AUTO_MEMORY_SHARE` of the memory available now on ``device``), so
     nobody pays the recomputation cost for nothing; otherwise :func:`default_tile` for the device.
     """
+    check_tile_size(tile_size)
     if tile_size is None:
         return None
     if isinstance(tile_size, str):
-        if tile_size != "auto":
-            raise ValueError(f"tile_size must be an int, a (rows, cols) tuple, 'auto' or None, got {tile_size!r}")
         kind = device.type if device is not None else "cpu"
         if memory_budget_bytes is not None:
             budget = memory_budget_bytes
@@ -163,15 +164,42 @@ def resolve_tile_size(
         if DENSE_BUFFERS * n_rows * n_cols * itemsize <= budget:
             return None
         return default_tile(device)
-    if isinstance(tile_size, tuple):
-        if len(tile_size) != 2:
-            raise ValueError(f"tile_size tuple must be (row_tile, col_tile), got {tile_size!r}")
-        rt, ct = int(tile_size[0]), int(tile_size[1])
-    else:
-        rt = ct = int(tile_size)
-    if rt <= 0 or ct <= 0:
-        raise ValueError(f"tile_size must be positive, got {tile_size!r}")
+    rt, ct = (int(tile_size[0]), int(tile_size[1])) if isinstance(tile_size, (tuple, list)) else (int(tile_size),) * 2
+    if (rt < SMALL_TILE < n_rows or ct < SMALL_TILE < n_cols) and (rt, ct) not in _WARNED_SMALL_TILES:
+        _WARNED_SMALL_TILES.add((rt, ct))
+        warnings.warn(f"tile_size={tile_size!r} on a {n_rows} x {n_cols} pair matrix: tiles below {SMALL_TILE} run "
+                      "many times slower than larger ones (tile_size=1 measured ~1,500x slower than dense); use "
+                      "tiles of a few hundred or more, or tile_size='auto' (warned once per tile size)",
+                      RuntimeWarning, stacklevel=3)
     return rt, ct
+
+
+#: tiles below this many rows / columns on a larger pair matrix draw a (one-time) warning: per-tile overhead
+#: dominates there.
+SMALL_TILE = 64
+_WARNED_SMALL_TILES: set[tuple[int, int]] = set()
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_tile_size(tile_size) -> None:
+    """``tile_size``: ``None`` (dense), ``"auto"``, an int >= 1, or a (rows, cols) pair of ints >= 1 (tuple or
+    list). Anything else (a bool, a float such as 2.7, a string other than "auto", ...) raises ``ValueError``."""
+    if tile_size is None or (isinstance(tile_size, str) and tile_size == "auto"):
+        return
+    accepted = "tile_size must be None, 'auto', an int >= 1 or a (rows, cols) pair of ints >= 1"
+    if isinstance(tile_size, (tuple, list)):
+        if len(tile_size) != 2 or not all(_is_int(v) for v in tile_size):
+            raise ValueError(f"{accepted}, got {tile_size!r}")
+        if min(tile_size) < 1:
+            raise ValueError(f"{accepted}, got {tile_size!r} (must be positive)")
+        return
+    if not _is_int(tile_size):
+        raise ValueError(f"{accepted}, got {tile_size!r} ({type(tile_size).__name__})")
+    if tile_size < 1:
+        raise ValueError(f"{accepted}, got {tile_size!r} (must be positive)")
 
 
 def _ids(n: int, offset: int, device: torch.device) -> Tensor:

@@ -139,13 +139,21 @@ def info_nce_with_synthetic(
     ``info_nce`` mean the same (``symmetric`` is not offered: the synthetic negatives belong to the queries).
     ``gather=True`` gathers keys from every rank; ``synthetic`` stays local to each rank's queries.
     """
-    from core.losses._checks import check_choice, check_embeddings, check_pair, check_positive, check_reduction
+    from core.losses._checks import (
+        check_choice,
+        check_dtypes,
+        check_embeddings,
+        check_pair,
+        check_reduction,
+        check_temperature,
+    )
     from core.losses._checks import reduce as reduce_rows
     from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
     from core.losses.info_nce import check_margin, world_size
 
     check_pair("query", query, "key", key)
-    check_positive("temperature", temperature)
+    check_dtypes(query=query, key=key, negatives=negatives)
+    check_temperature("temperature", temperature)
     check_margin(margin, margin_type)
     check_choice("similarity", similarity, ("cosine", "dot"))
     check_reduction(reduction)
@@ -157,8 +165,8 @@ def info_nce_with_synthetic(
             raise ValueError(
                 f"negatives must have feature dimension {query.shape[1]}, got {negatives.shape[1]}"
             )
-    q, k = prepare(query, similarity), prepare(key, similarity)
-    negs = prepare(negatives, similarity) if negatives is not None else None
+    q, k = prepare(query, similarity, "query"), prepare(key, similarity, "key")
+    negs = prepare(negatives, similarity, "negatives") if negatives is not None else None
     scale = to_scale(temperature, q)
     extra = synthetic_logits(query, synthetic, scale, similarity)  # validates the shape
     B = query.shape[0]
