@@ -61,7 +61,11 @@ from core.negatives.distributed import PeerInputError, agree_on_input_errors, re
 from core.negatives.execution import Block, BlockFn, check_tile_size, pair_reduce, safe_logsumexp
 from core.negatives.validation import full_validation, validation, validation_mode
 
+#: block reducers of :func:`run_contrast`: PyTorch ops, or the fused Triton kernels of :mod:`core.kernels`
+BACKENDS = ("torch", "triton")
+
 __all__ = [
+    "BACKENDS",
     # the engine
     "reduce_pairs", "Block", "BlockFn", "Stats", "safe_logsumexp", "to_scale", "scale_anchors", "prepare",
     # the InfoNCE family's block function and its statistics
@@ -596,8 +600,14 @@ def run_contrast(
     tile_size=None,
     gather: bool | str | None = None,
     extra_candidates: Tensor | None = None,
+    backend: str = "torch",
 ) -> tuple[Tensor, Tensor]:
     """Run the engine: returns (row_stats (B, 5), col_stats (N, k)).
+
+    ``backend="triton"`` reduces each block with the fused kernels of :mod:`core.kernels`
+    (:class:`~core.kernels.FusedContrastBlockFn`: the same statistics without writing the block's logits to
+    memory; configurations the kernels do not cover fall back to the PyTorch block); it raises when Triton cannot
+    run on the inputs' device.
 
     ``pos_id`` / ``self_id`` in ``row_meta`` index the *local* candidates; with ``gather`` they are
     shifted to this rank's slot of the gathered set. ``extra_candidates`` (a queue) are appended after
@@ -609,8 +619,16 @@ def run_contrast(
         raise ValueError("extra negatives are only supported with index positives (info_nce)")
     if spec.column_stats and gather:
         raise ValueError("fused column statistics are single-process only")
+    check_choice("backend", backend, BACKENDS)
+    if backend == "triton":
+        from core.kernels import FusedContrastBlockFn, check_triton
+
+        check_triton(anchors.device)
+        block_fn = FusedContrastBlockFn(spec)
+    else:
+        block_fn = ContrastBlockFn(spec)
     return reduce_pairs(
-        ContrastBlockFn(spec), anchors, candidates,
+        block_fn, anchors, candidates,
         row_kinds=spec.row_kinds, col_kinds=spec.col_kinds, params=(scale,), row_meta=row_meta,
         col_meta=col_meta, tile_size=tile_size, gather=gather, extra_candidates=extra_candidates,
     )

@@ -47,7 +47,7 @@ from core.losses._checks import (
     reduce,
 )
 from core.losses._visit import top_negative_threshold
-from core.losses.engine import ContrastSpec, prepare, run_contrast, scale_anchors
+from core.losses.engine import BACKENDS, ContrastSpec, prepare, run_contrast, scale_anchors
 from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
 __all__ = ["info_nce", "InfoNCE", "check_margin", "check_top_k"]
@@ -90,6 +90,7 @@ def info_nce(
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
     gather: bool | str | None = None,
+    backend: str = "torch",
 ) -> Tensor:
     """InfoNCE of ``query[i]`` against ``key[i]`` (positive) and every other key (+ ``negatives``).
 
@@ -111,11 +112,14 @@ def info_nce(
         gather: ``True`` all-gather keys from every rank with gradient; ``"ring"`` pass key shards
             around a ring. Each rank returns the mean over its local anchors (DDP's mean of the
             per-rank losses is then the global loss).
+        backend: ``"torch"`` (PyTorch ops per block) or ``"triton"`` (the fused kernels of :mod:`core.kernels`
+            reduce each block without writing its logits to memory; CUDA, or Triton's CPU interpreter in tests).
 
     Returns:
         The loss (scalar unless ``reduction="none"``).
     """
     gather = resolve_gather(gather)
+    check_choice("backend", backend, BACKENDS)
     check_pair("query", query, "key", key)
     check_dtypes(query=query, key=key, negatives=negatives)
     per_t = check_temperature("temperature", temperature, (query.shape[0],))
@@ -151,7 +155,7 @@ def info_nce(
         meta["neg_thr"] = top_negative_threshold(qa, k, scale, top_k, pos_id=ids, extra=negs, tile_size=tile_size,
                                                  gather=gather)
     row, col = run_contrast(spec, qa, k, scale, row_meta=meta, tile_size=tile_size,
-                            gather=gather, extra_candidates=negs)
+                            gather=gather, extra_candidates=negs, backend=backend)
     per_anchor = row[:, 0] - row[:, 1]
     if symmetric:
         if fused:
@@ -165,7 +169,7 @@ def info_nce(
                 meta_r["neg_thr"] = top_negative_threshold(ka, q, scale, top_k, pos_id=ids, tile_size=tile_size,
                                                            gather=gather)
             row_r, _ = run_contrast(spec_r, ka, q, scale, row_meta=meta_r, tile_size=tile_size,
-                                    gather=gather)
+                                    gather=gather, backend=backend)
             reverse = row_r[:, 0] - row_r[:, 1]
         per_anchor = 0.5 * (per_anchor + reverse)
     return reduce(per_anchor, reduction)
@@ -188,14 +192,16 @@ class InfoNCE(nn.Module):
         tile_size: int | str | tuple[int, int] | None = None,
         gather: bool | str | None = None,
         top_k: int | None = None,
+        backend: str = "torch",
     ) -> None:
         super().__init__()
+        check_choice("backend", backend, BACKENDS)
         check_temperature("temperature", temperature)
         check_margin(margin, margin_type)
         check_top_k(top_k)
         self.temperature, self.symmetric, self.decoupled = temperature, symmetric, decoupled
         self.margin, self.margin_type, self.similarity, self.top_k = margin, margin_type, similarity, top_k
-        self.reduction, self.tile_size, self.gather = reduction, tile_size, gather
+        self.reduction, self.tile_size, self.gather, self.backend = reduction, tile_size, gather, backend
 
     def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None,
                 temperature: float | Tensor | None = None) -> Tensor:
@@ -203,5 +209,5 @@ class InfoNCE(nn.Module):
             query, key, temperature=self.temperature if temperature is None else temperature,
             symmetric=self.symmetric, decoupled=self.decoupled, margin=self.margin, margin_type=self.margin_type,
             similarity=self.similarity, negatives=negatives, top_k=self.top_k, reduction=self.reduction,
-            tile_size=self.tile_size, gather=self.gather,
+            tile_size=self.tile_size, gather=self.gather, backend=self.backend,
         )

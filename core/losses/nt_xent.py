@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from core.losses._checks import check_choice, check_pair, check_reduction, check_temperature, reduce
-from core.losses.engine import ContrastSpec, prepare, run_contrast, scale_anchors
+from core.losses.engine import BACKENDS, ContrastSpec, prepare, run_contrast, scale_anchors
 from core.losses.info_nce import check_margin
 from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
 
@@ -44,6 +44,7 @@ def nt_xent(
     reduction: str = "mean",
     tile_size: int | str | tuple[int, int] | None = None,
     gather: bool | str | None = None,
+    backend: str = "torch",
 ) -> Tensor:
     """NT-Xent over the 2N views ``cat([z1, z2])``.
 
@@ -51,10 +52,12 @@ def nt_xent(
         z1, z2: (N, D) two views of the same N samples.
         temperature: as in :func:`core.losses.info_nce`; per anchor: a tensor of shape (N,) (one per sample,
             both views) or (2N,) (one per view, ``z1``'s first).
-        decoupled, margin, margin_type, similarity, tile_size, gather: as in :func:`core.losses.info_nce`.
+        decoupled, margin, margin_type, similarity, tile_size, gather, backend: as in
+            :func:`core.losses.info_nce`.
         reduction: ``"mean"`` over the 2N anchors, ``"sum"``, or ``"none"`` ((2N,), view-1 anchors first).
     """
     gather = resolve_gather(gather)
+    check_choice("backend", backend, BACKENDS)
     check_pair("z1", z1, "z2", z2)
     per_t = check_temperature("temperature", temperature, (z1.shape[0], 2 * z1.shape[0]))
     check_margin(margin, margin_type)
@@ -75,7 +78,8 @@ def nt_xent(
     if per_t and temperature.shape[0] == N:
         temperature = temperature.repeat(2)
     za, scale = scale_anchors(z, temperature, per_t)
-    row, _ = run_contrast(spec, za, z, scale, row_meta=meta, tile_size=tile_size, gather=gather)
+    row, _ = run_contrast(spec, za, z, scale, row_meta=meta, tile_size=tile_size, gather=gather,
+                          backend=backend)
     return reduce(row[:, 0] - row[:, 1], reduction)
 
 
@@ -93,10 +97,13 @@ class NTXent(nn.Module):
         reduction: str = "mean",
         tile_size: int | str | tuple[int, int] | None = None,
         gather: bool | str | None = None,
+        backend: str = "torch",
     ) -> None:
         super().__init__()
         check_temperature("temperature", temperature)
         check_margin(margin, margin_type)
+        check_choice("backend", backend, BACKENDS)
+        self.backend = backend
         self.temperature, self.decoupled, self.margin, self.margin_type = temperature, decoupled, margin, margin_type
         self.similarity, self.reduction, self.tile_size, self.gather = similarity, reduction, tile_size, gather
 
@@ -105,5 +112,5 @@ class NTXent(nn.Module):
             z1, z2, temperature=self.temperature if temperature is None else temperature,
             decoupled=self.decoupled, margin=self.margin,
             margin_type=self.margin_type, similarity=self.similarity, reduction=self.reduction,
-            tile_size=self.tile_size, gather=self.gather,
+            tile_size=self.tile_size, gather=self.gather, backend=self.backend,
         )

@@ -239,6 +239,37 @@ def test_block_reducer_in_the_tiled_walk(spec):
             _close(g, w)
 
 
+@pytest.mark.parametrize("loss,kwargs", [
+    ("info_nce", {"symmetric": True, "margin": 0.1, "tile_size": (16, 24)}),
+    ("info_nce", {"top_k": 5, "tile_size": None}),
+    ("nt_xent", {"decoupled": True, "tile_size": 16}),
+])
+def test_backend_triton_in_the_losses(loss, kwargs, monkeypatch):
+    """``backend="triton"`` on :func:`info_nce` / :func:`nt_xent` (the engine's block reducer is the fused
+    kernel, never its PyTorch fallback) against the same call with the PyTorch backend in float64: loss, input
+    and temperature gradients, tiled and dense."""
+    fn = {"info_nce": info_nce, "nt_xent": nt_xent}[loss]
+
+    supports = FusedContrastBlockFn.supports
+
+    def must_support(self, a):
+        assert supports(self, a), "the fused block would fall back to PyTorch"
+        return True
+
+    monkeypatch.setattr(FusedContrastBlockFn, "supports", must_support)
+
+    def run(backend, dtype):
+        q, k = (x.to(dtype).requires_grad_() for x in _inputs(29, 20, seed=4))
+        t = torch.tensor(0.2, dtype=dtype, device=DEVICE, requires_grad=True)
+        out = fn(q, k, temperature=t, backend=backend, **kwargs)
+        return (out, *_grads(out, (q, k, t)))
+
+    for g, w in zip(run("triton", torch.float32), run("torch", torch.float64)):
+        _close(g, w)
+    with pytest.raises(ValueError, match="backend"):
+        fn(*_inputs(4, 8), backend="cuda")
+
+
 def test_contrast_lse_matches_logsumexp():
     """The low-level statistics: row and column log-sum-exp of a non-square block with positives outside it and
     a margin, against torch.logsumexp of the explicit logit matrix."""
