@@ -58,8 +58,17 @@ class AnomalySettings(AppSettings):
                                          "1e-5 for images, 1e-4 for tables)", low=0, low_open=True)
     weight_decay: float = option(5e-5, help="weight decay of fine-tuning", low=0)
     temperature: float = option(0.25, help="MSC temperature (the paper: 0.25)", low=0, low_open=True)
-    angular_weight: float = option(0.0, help="weight of the angular centre term added to MSC (0 = off, 1 = the "
+    angular_weight: float = option(1.0, help="weight of the angular centre term added to MSC (0 = off, 1 = the "
                                              "authors' --angular)", low=0)
+    freeze_bn: bool = option(True, help="MSC fine-tuning: re-estimate the encoder's BatchNorm statistics once on "
+                                        "the normal training samples, then keep them fixed (off: they drift with "
+                                        "every train-mode batch)")
+    holdout_fraction: float = option(0.2, help="share of the normal training samples held out of MSC fine-tuning "
+                                               "to choose its epoch (lowest MSC loss on them, no labels; 0 = no "
+                                               "hold-out, keep the last epoch); every training sample stays in the "
+                                               "kNN bank", low=0, high=1, high_open=True)
+    patience: int = option(3, help="stop MSC fine-tuning after this many epochs without a lower held-out MSC loss",
+                           low=1)
     compact_epochs: int = option(5, help="epochs of the compactness (Deep-SVDD-like) baseline fine-tune; 0 skips "
                                          "that baseline", low=0)
     k: int = option(2, help="neighbours of the kNN score (sum of squared L2 distances to the k nearest normal "
@@ -69,6 +78,8 @@ class AnomalySettings(AppSettings):
                                                       "the feature norm carries most of the anomaly signal",
                                            model=False)
     isolation_forest: bool = option(True, help="run the Isolation Forest baseline on the raw inputs", model=False)
+    pyod: bool = option(True, help="run PyOD's classical detectors (kNN, LOF, OCSVM, ECOD, COPOD) on the raw "
+                                   "inputs as baselines, when PyOD is installed", model=False)
 
     @classmethod
     def quick(cls) -> AnomalySettings:

@@ -2,8 +2,13 @@
 
 Every method scores the task's test split; higher = more anomalous:
 
-* ``msc`` -- kNN (k = 2, squared L2 on normalised features) to the normal training features of the MSC
-  fine-tuned encoder;
+* ``msc_raw`` (the default method, the report's headline) -- the sum of two z-normalised kNN scores: on the
+  raw inputs (as ``knn_raw``) and on the MSC fine-tuned features (as ``msc``). Each score is standardised
+  with the mean and standard deviation of the leave-one-out kNN scores of the normal training samples
+  (each one's k nearest *other* training samples), so neither feature space dominates and no test sample
+  or label enters the normalisation (:func:`zscore_knn_sum`);
+* ``msc`` -- kNN (k = 2, squared L2; normalised features for images, unnormalised for tables) to the normal
+  training features of the MSC fine-tuned encoder;
 * ``knn_pretrained`` -- the same kNN on the pre-trained encoder (PANDA without fine-tuning; also the epoch-0
   sanity check);
 * ``compactness`` -- the same kNN after the compactness (Deep-SVDD-like) fine-tune;
@@ -12,11 +17,15 @@ Every method scores the task's test split; higher = more anomalous:
   that any train-mode fine-tune on one class causes;
 * ``knn_raw`` -- kNN on the raw inputs (pixels / z-scored table features, not normalised);
 * ``isolation_forest`` -- scikit-learn's Isolation Forest (200 trees) fitted on the raw normal training inputs;
-* ``pyod_ecod`` -- PyOD's ECOD on the raw inputs, only when PyOD is installed.
+* ``pyod_knn``, ``pyod_lof``, ``pyod_ocsvm``, ``pyod_ecod``, ``pyod_copod`` -- PyOD's classical detectors
+  with their default settings (kNN: largest distance to the 5th neighbour; LOF: 20 neighbours; OCSVM: RBF,
+  nu = 0.5), fitted on the normal training inputs (pixels; z-scored table features) and scoring the test
+  split; only when PyOD is installed (the ``anomaly`` extra) and ``--pyod`` is on.
 
 Metrics per task: ROC-AUC (``roc_auc``, the headline) and average precision with anomalies as positives
 (``average_precision``). ``report.json`` (the schema of every app) has one row per method and task (``dataset``:
-``class <c>`` or the table's name) and, with several tasks, one per method with their ``mean``.
+``class <c>`` or the table's name); the headline (``msc_raw``) against each baseline per task is the
+report's ``versus`` section, and the means over the tasks are in ``extra.mean``.
 """
 
 from __future__ import annotations
@@ -34,12 +43,17 @@ from core.app import Run
 from core.app.files import save_figure
 from core.metrics.knn import knn_scores
 
-__all__ = ["task_scores", "summarize", "evaluate", "METHOD_NAMES", "SHORT_NAMES", "MEAN"]
+__all__ = ["task_scores", "summarize", "evaluate", "zscore_knn_sum", "pyod_scores", "METHOD_NAMES", "SHORT_NAMES",
+           "MEAN", "HEADLINE"]
 
-#: the ``dataset`` of the rows that average the tasks
+#: the key of the means over the tasks (``extra.mean`` of the report)
 MEAN = "mean"
+#: the default method: the report's headline
+HEADLINE = "msc_raw"
 
 METHOD_NAMES = {
+    "msc_raw": "MSC features + raw inputs: sum of the two kNN scores, each z-normalised by the leave-one-out "
+               "scores of the normal training samples (default)",
     "msc": "MSC (mean-shifted contrastive) + kNN",
     "knn_pretrained": "kNN on pre-trained features (PANDA w/o fine-tune)",
     "compactness": "compactness fine-tune (Deep-SVDD-like) + kNN",
@@ -47,29 +61,70 @@ METHOD_NAMES = {
                       "(ablation: MSC without its gradient)",
     "knn_raw": "kNN on raw inputs",
     "isolation_forest": "Isolation Forest on raw inputs",
+    "pyod_knn": "PyOD kNN (largest distance, 5 neighbours) on raw inputs",
+    "pyod_lof": "PyOD LOF (20 neighbours) on raw inputs",
+    "pyod_ocsvm": "PyOD one-class SVM (RBF) on raw inputs",
     "pyod_ecod": "PyOD ECOD on raw inputs",
+    "pyod_copod": "PyOD COPOD on raw inputs",
 }
 
 
 SHORT_NAMES = {
-    "msc": "MSC", "knn_pretrained": "kNN, pre-trained (PANDA w/o fine-tune)", "compactness": "compactness fine-tune",
+    "msc_raw": "MSC + raw kNN", "msc": "MSC", "knn_pretrained": "kNN, pre-trained (PANDA w/o fine-tune)",
+    "compactness": "compactness fine-tune",
     "knn_bn_adapted": "kNN, BN re-estimated (ablation)", "knn_raw": "kNN, raw inputs",
-    "isolation_forest": "Isolation Forest, raw inputs", "pyod_ecod": "PyOD ECOD, raw inputs",
+    "isolation_forest": "Isolation Forest, raw inputs", "pyod_knn": "PyOD kNN, raw inputs",
+    "pyod_lof": "PyOD LOF, raw inputs", "pyod_ocsvm": "PyOD OCSVM, raw inputs", "pyod_ecod": "PyOD ECOD, raw inputs",
+    "pyod_copod": "PyOD COPOD, raw inputs",
 }
 
 
-def _pyod_ecod() -> Any:
+def zscore_knn_sum(parts: list[tuple[Any, Any, bool]], k: int) -> np.ndarray:
+    """Sum over ``parts`` = ``[(test, train, normalize), ...]`` of the kNN score of ``test`` against ``train``
+    (:func:`core.metrics.knn.knn_scores`), each z-normalised by the leave-one-out scores of the training samples:
+    ``(s - mean(s_loo)) / std(s_loo)`` where ``s_loo`` is the sum over each training sample's ``k`` nearest other
+    training samples (``k + 1`` neighbours of the training bank, the first being the sample itself at distance
+    0). A constant leave-one-out score (std 0) counts as std 1."""
+    total = None
+    for test, train, normalize in parts:
+        s = knn_scores(test, train, k=k, normalize=normalize)
+        loo = knn_scores(train, train, k=k + 1, normalize=normalize)
+        sd = float(loo.std())
+        z = (s - float(loo.mean())) / (sd if sd > 0 else 1.0)
+        total = z if total is None else total + z
+    if total is None:
+        raise ValueError("zscore_knn_sum needs at least one (test, train, normalize) part")
+    return total
+
+
+def pyod_scores(x_train: np.ndarray, x_test: np.ndarray) -> dict[str, np.ndarray]:
+    """Test scores of PyOD's kNN, LOF, OCSVM, ECOD and COPOD fitted on ``x_train`` (default settings; the
+    neighbour counts capped at ``len(x_train) - 1``); ``{}`` when PyOD is not installed."""
     try:
+        from pyod.models.copod import COPOD
         from pyod.models.ecod import ECOD
+        from pyod.models.knn import KNN
+        from pyod.models.lof import LOF
+        from pyod.models.ocsvm import OCSVM
     except ImportError:
-        return None
-    return ECOD
+        return {}
+    nb = len(x_train) - 1
+    detectors = {"pyod_knn": KNN(n_neighbors=min(5, nb)), "pyod_lof": LOF(n_neighbors=min(20, nb)),
+                 "pyod_ocsvm": OCSVM(), "pyod_ecod": ECOD(), "pyod_copod": COPOD()}
+    xtr, xte = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
+    return {name: np.asarray(d.fit(xtr).decision_function(xte), np.float64) for name, d in detectors.items()}
 
 
 def task_scores(s: AnomalySettings, task: Task, encoders: dict) -> dict[str, np.ndarray]:
     """Test-split scores of every method for one task."""
     scores: dict[str, np.ndarray] = {}
     norm = s.knn_normalize(task.kind)
+    raw_tr, raw_te = (task.raw_train, task.raw_test) if task.kind == "image" else (task.x_train, task.x_test)
+    if "msc" in encoders:
+        enc = encoders["msc"]
+        scores[HEADLINE] = zscore_knn_sum([(raw_te, raw_tr, False),
+                                           (embed(enc, task.x_test, norm), embed(enc, task.x_train, norm), norm)],
+                                          k=s.k)
     for key, name in (("msc", "msc"), ("pretrained", "knn_pretrained"), ("compact", "compactness")):
         if key in encoders:
             enc = encoders[key]
@@ -79,17 +134,14 @@ def task_scores(s: AnomalySettings, task: Task, encoders: dict) -> dict[str, np.
         enc = bn_adapted(encoders["pretrained"], task.x_train)
         scores["knn_bn_adapted"] = knn_scores(embed(enc, task.x_test, norm), embed(enc, task.x_train, norm), k=s.k,
                                               normalize=norm)
-    scores["knn_raw"] = knn_scores(task.raw_test if task.kind == "image" else task.x_test,
-                                   task.raw_train if task.kind == "image" else task.x_train,
-                                   k=s.k, normalize=False)
+    scores["knn_raw"] = knn_scores(raw_te, raw_tr, k=s.k, normalize=False)
     if s.isolation_forest:
         from sklearn.ensemble import IsolationForest
 
         forest = IsolationForest(n_estimators=200, random_state=s.seed, n_jobs=1).fit(task.raw_train)
         scores["isolation_forest"] = -forest.score_samples(task.raw_test)
-    ecod = _pyod_ecod()
-    if ecod is not None:
-        scores["pyod_ecod"] = ecod().fit(task.raw_train).decision_function(task.raw_test)
+    if s.pyod:
+        scores.update(pyod_scores(raw_tr, raw_te))
     return scores
 
 
@@ -147,16 +199,16 @@ def _plots(out: Path, summary: dict, scores: dict[str, dict[str, np.ndarray]], l
     rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(max(5.5, 3.2 * cols), 2.6 * rows + 0.4), squeeze=False)
     for ax, t in zip(axes.flat, shown):
-        s, y = scores[t]["msc"], labels[t]
+        s, y = scores[t][HEADLINE], labels[t]
         bins = np.linspace(s.min(), s.max(), 40)
         ax.hist(s[y == 0], bins, alpha=0.6, density=True, label="normal")
         ax.hist(s[y == 1], bins, alpha=0.6, density=True, label="anomaly")
-        ax.set_title(f"{t}: AUC {summary['msc']['per_class'][t]['roc_auc']:.3f}", fontsize=9)
+        ax.set_title(f"{t}: AUC {summary[HEADLINE]['per_class'][t]['roc_auc']:.3f}", fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("MSC kNN scores, test split (higher = more anomalous)", fontsize=9)
+    fig.suptitle(f"{HEADLINE} scores (MSC + raw kNN), test split (higher = more anomalous)", fontsize=9)
     fig.tight_layout()
     p = out / "msc_score_histograms.png"
     save_figure(fig, p)
@@ -181,23 +233,25 @@ def evaluate(run: Run, exp: Experiment) -> dict:
     report = run.report("roc_auc", higher_is_better=True, title=f"Anomaly detection (MSC): {exp.dataset}")
     for t in per_task:
         for m, metrics in per_task[t].items():
-            report.add(m, metrics, seed=s.seed, dataset=t, baseline=m != "msc")
-    if len(per_task) > 1:
-        for m, v in summary.items():
-            report.add(m, {"roc_auc": v["roc_auc"], "average_precision": v["average_precision"]}, seed=s.seed,
-                       dataset=MEAN, baseline=m != "msc")
+            report.add(m, metrics, seed=s.seed, dataset=t, baseline=m != HEADLINE)
+    report.headline = HEADLINE
+    means = {m: {"roc_auc": v["roc_auc"], "average_precision": v["average_precision"]} for m, v in summary.items()}
     report.notes += [
+        f"mean ROC-AUC over the {len(per_task)} task(s): "
+        + ", ".join(f"{m} {v['roc_auc']:.4f}" for m, v in sorted(means.items(), key=lambda kv: -kv[1]["roc_auc"])),
         f"one-class protocol on {exp.dataset}: {exp.protocol}",
         f"scores: kNN (k = {s.k}) squared L2 distance to the normal training features "
         f"({'L2-normalised' if s.knn_normalize(exp.kind) else 'unnormalised'}); fine-tuning lr "
-        f"{s.finetune_lr(exp.kind):g}",
+        f"{s.finetune_lr(exp.kind):g}, angular weight {s.angular_weight:g}, BatchNorm statistics "
+        f"{'frozen' if s.freeze_bn else 'updated'}, epoch chosen by the MSC loss on "
+        f"{s.holdout_fraction:.0%} held-out normal training samples (patience {s.patience})",
         "methods: " + "; ".join(f"`{m}` = {METHOD_NAMES.get(m, m)}" for m in summary),
         "epoch-0 sanity ROC-AUC (kNN on pre-trained features, printed before fine-tuning): "
         + ", ".join(f"{t}: {v:.3f}" for t, v in sanity.items()),
     ]
     report.extra = {"dataset": exp.dataset, "kind": exp.kind, "protocol": exp.protocol,
                     "tasks": [t.name for t in exp.tasks], "finetune_lr": s.finetune_lr(exp.kind),
-                    "epoch0_sanity_roc_auc": sanity}
+                    "epoch0_sanity_roc_auc": sanity, MEAN: means}
     folder = run.report_dir or run.run_dir.path
     if run.is_main:
         report.plots = [p.name for p in _plots(folder, summary, scores, labels, exp.kind)]

@@ -5,7 +5,9 @@ r"""Encoders, views and the two fine-tuning objectives of the anomaly app.
   :math:`c = \operatorname{mean}_{x \in \text{normal train}} \phi_0(x)` of the *pre-trained* encoder,
   NT-Xent (:math:`\tau = 0.25`) over the mean-shifted views
   :math:`\theta(x) = (\phi(x) - c)/\lVert\phi(x) - c\rVert` of two augmentations of each normal image,
-  optionally plus the angular centre term (:func:`core.losses.mean_shifted`).
+  optionally plus the angular centre term (:func:`core.losses.mean_shifted`); with ``freeze_bn`` the
+  BatchNorm layers stay in eval mode (fixed statistics). :class:`HeldOutSelection` keeps the epoch with the lowest
+  MSC loss on held-out normal samples and stops after ``patience`` epochs without a lower one.
 * :class:`CompactnessModule` -- the Deep-SVDD / PANDA-style baseline: minimise
   :math:`\operatorname{mean}_x \lVert\phi(x) - c\rVert^2` on the normal training data (no views, no
   negatives, so it can collapse; kept short, like PANDA's early stopping).
@@ -23,6 +25,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,7 @@ from core.training import ContrastiveModule
 
 __all__ = [
     "TabularCorruption", "image_augment", "build_encoder", "load_encoder_checkpoint", "MeanShiftedModule",
-    "CompactnessModule", "embed", "normal_center", "bn_adapted",
+    "CompactnessModule", "HeldOutSelection", "embed", "normal_center", "bn_adapted",
 ]
 
 
@@ -169,16 +172,40 @@ class MeanShiftedModule(ContrastiveModule):
     _hparams_ignore = ("encoder", "projection_head", "center", "augment")
 
     def __init__(self, encoder: nn.Module, center: Tensor, augment: nn.Module, *, temperature: float = 0.25,
-                 angular_weight: float = 0.0, **kwargs: Any) -> None:
+                 angular_weight: float = 0.0, freeze_bn: bool = False, **kwargs: Any) -> None:
         super().__init__(encoder, None, **kwargs)
         if not temperature > 0 or not math.isfinite(angular_weight) or angular_weight < 0:
             raise ValueError(f"need temperature > 0 and angular_weight >= 0, got {temperature}, {angular_weight}")
         self.register_buffer("center", center.detach().clone().float())
         self.augment, self.msc_temperature, self.angular_weight = augment, temperature, angular_weight
+        self.freeze_bn = freeze_bn
 
     @property
     def temperature(self) -> float:
         return self.msc_temperature
+
+    def train(self, mode: bool = True) -> MeanShiftedModule:
+        """Train mode; with ``freeze_bn`` every BatchNorm layer stays in eval mode (its running statistics are
+        kept and not updated; its affine weights still train)."""
+        super().train(mode)
+        self._freeze_batchnorm()
+        return self
+
+    def _freeze_batchnorm(self) -> None:
+        if getattr(self, "freeze_bn", False):
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning sets the modules' train/eval flags without calling ``train()``: re-freeze before every step
+        self._freeze_batchnorm()
+
+    def msc_loss(self, x: Tensor, gather: bool | None = None) -> Tensor:
+        """The MSC loss of two views of the batch ``x`` (``gather=False``: this process's batch only)."""
+        z1, z2 = self(torch.cat([self.augment(x), self.augment(x)])).chunk(2)
+        return mean_shifted(z1, z2, self.center, temperature=self.msc_temperature,
+                            angular_weight=self.angular_weight, gather=gather)
 
     def contrastive_step(self, batch: Any) -> dict[str, Tensor]:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -186,6 +213,69 @@ class MeanShiftedModule(ContrastiveModule):
         loss = mean_shifted(z1, z2, self.center, temperature=self.msc_temperature,
                             angular_weight=self.angular_weight)
         return {"loss": loss, "z1": z1, "z2": z2}
+
+
+class HeldOutSelection(L.Callback):
+    """Label-free epoch selection for MSC fine-tuning: after every epoch (and before the first), the MSC loss on
+    held-out normal samples (fixed views drawn from ``seed``, this process's generators untouched); the encoder
+    weights of the lowest loss are kept, and training stops after ``patience`` epochs without a lower one.
+
+    Its state (best loss, epoch, weights, epochs without improvement) is part of every Lightning checkpoint, so a
+    resumed fine-tune selects what the uninterrupted one would."""
+
+    def __init__(self, x_holdout: np.ndarray, batch_size: int, patience: int, seed: int) -> None:
+        self.x = torch.as_tensor(x_holdout)
+        self.batch_size, self.patience, self.seed = max(2, batch_size), patience, seed
+        self.best_loss = math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, Tensor] | None = None
+        self.since_best = 0
+        self.history: list[float] = []
+
+    @torch.no_grad()
+    def held_out_loss(self, module: MeanShiftedModule) -> float:
+        was = module.training
+        module.eval()
+        total, n = 0.0, 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            for i in range(0, len(self.x), self.batch_size):
+                xb = self.x[i:i + self.batch_size].to(module.device)
+                if len(xb) < 2:
+                    continue
+                total += float(module.msc_loss(xb, gather=False)) * len(xb)
+                n += len(xb)
+        module.train(was)
+        return total / max(n, 1)
+
+    def _update(self, module: MeanShiftedModule, epoch: int) -> None:
+        loss = self.held_out_loss(module)
+        self.history.append(loss)
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.since_best = loss, epoch, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in module.encoder.state_dict().items()}
+        else:
+            self.since_best += 1
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.best_state is None:
+            self._update(pl_module, 0)
+        if self.since_best >= self.patience:
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._update(pl_module, trainer.current_epoch + 1)
+        if self.since_best >= self.patience:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state,
+                "since_best": self.since_best, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_loss, self.best_epoch = float(state["best_loss"]), int(state["best_epoch"])
+        self.best_state, self.since_best = state["best_state"], int(state["since_best"])
+        self.history = [float(v) for v in state["history"]]
 
 
 class CompactnessModule(ContrastiveModule):

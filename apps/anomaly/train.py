@@ -39,8 +39,10 @@ from apps.anomaly.data import (
 )
 from apps.anomaly.model import (
     CompactnessModule,
+    HeldOutSelection,
     MeanShiftedModule,
     TabularCorruption,
+    bn_adapted,
     build_encoder,
     embed,
     image_augment,
@@ -54,7 +56,7 @@ from core.metrics.knn import knn_scores
 from core.training import SimCLRModule, default_callbacks, fit_with_resume, seed_everything, stopped_by_deadline
 
 __all__ = ["Task", "Experiment", "TimeCapReached", "prepare", "pretrain", "finetune", "fit", "iter_fit",
-           "pretrain_only", "load_fitted", "knn_auroc", "roc_auc", "METHODS", "CAPPED"]
+           "pretrain_only", "load_fitted", "knn_auroc", "roc_auc", "holdout_split", "METHODS", "CAPPED"]
 
 #: the trained stages, each in ``<run-dir>/<stage>/seed<S>/``
 METHODS = ("pretrain", "msc", "compact")
@@ -155,8 +157,9 @@ def prepare(s: AnomalySettings, run_dir: RunDir, quick: bool = False) -> Experim
 
 def _check_k(s: AnomalySettings, tasks: list[Task]) -> None:
     for t in tasks:
-        if len(t.x_train) < max(s.k, 2):
-            raise InputError(f"{t.name}: {len(t.x_train)} normal training samples, fewer than k={s.k} (or 2)")
+        if len(t.x_train) < max(s.k + 1, 2):
+            raise InputError(f"{t.name}: {len(t.x_train)} normal training samples, fewer than k={s.k} plus one "
+                             f"(the combined score needs each training sample's k nearest other samples)")
 
 
 def _trainer_kwargs(s: AnomalySettings, run_dir: Path, epochs: int) -> dict:
@@ -178,7 +181,7 @@ def _loader(x: np.ndarray, batch_size: int, seed: int) -> torch.utils.data.DataL
 
 
 def _fit(s: AnomalySettings, module: nn.Module, x: np.ndarray, batch_size: int, run_dir: Path, epochs: int,
-         what: str) -> None:
+         what: str, callbacks: tuple = ()) -> None:
     """Fit (resuming from ``run_dir``); raises :class:`TimeCapReached` when ``--max-minutes`` stopped it first."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" banners per stage
     with warnings.catch_warnings():
@@ -188,7 +191,7 @@ def _fit(s: AnomalySettings, module: nn.Module, x: np.ndarray, batch_size: int, 
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         trainer = fit_with_resume(_trainer_kwargs(s, run_dir, epochs), module, _loader(x, batch_size, s.seed),
-                                  run_dir)
+                                  run_dir, extra_callbacks=callbacks)
     if stopped_by_deadline(trainer):
         raise TimeCapReached(f"{what}: stopped by --max-minutes after {trainer.current_epoch} of {epochs} epochs; "
                              f"re-run the command (with a larger --max-minutes) to resume from "
@@ -263,20 +266,44 @@ def finetune(s: AnomalySettings, exp: Experiment, task: Task, pretrained: nn.Mod
     seed_everything(s.seed)
     encoder = _new_encoder(s, task)
     encoder.load_state_dict(pretrained.state_dict())
+    if method == "msc" and s.freeze_bn:  # BatchNorm statistics of the normal class, estimated once, then fixed
+        encoder.load_state_dict(bn_adapted(pretrained, task.x_train).state_dict())
     center = normal_center(encoder, task.x_train, normalize_center=s.angular_weight > 0 or method == "compact")
     optim = dict(optimizer="adam", lr=s.finetune_lr(task.kind), weight_decay=s.weight_decay, scheduler="constant")
+    x_fit, callbacks, selection = task.x_train, (), None
     if method == "msc":
-        module: nn.Module = MeanShiftedModule(encoder, center, _views(s, task, task.x_train, "mild"),
-                                              temperature=s.temperature, angular_weight=s.angular_weight, **optim)
+        fit_idx, hold_idx = holdout_split(len(task.x_train), s.holdout_fraction, s.seed)
+        x_fit = task.x_train[fit_idx]
+        module: nn.Module = MeanShiftedModule(encoder, center, _views(s, task, x_fit, "mild"),
+                                              temperature=s.temperature, angular_weight=s.angular_weight,
+                                              freeze_bn=s.freeze_bn, **optim)
         epochs = s.epochs
+        if len(hold_idx):
+            selection = HeldOutSelection(task.x_train[hold_idx], s.batch_size, s.patience, s.seed)
+            callbacks = (selection,)
     else:
         module, epochs = CompactnessModule(encoder, center, **optim), s.compact_epochs
     t0 = time.perf_counter()
-    _fit(s, module, task.x_train, s.batch_size, out_dir, epochs, f"{task.name}: {method} fine-tuning")
+    _fit(s, module, x_fit, s.batch_size, out_dir, epochs, f"{task.name}: {method} fine-tuning", callbacks)
+    chosen = ""
+    if selection is not None and selection.best_state is not None:
+        encoder.load_state_dict(selection.best_state)
+        chosen = (f"; epoch {selection.best_epoch} chosen (lowest MSC loss on {len(task.x_train) - len(x_fit)} "
+                  f"held-out normal samples: " + " ".join(f"{v:.3f}" for v in selection.history) + ")")
     _save(encoder, out)
-    log(f"{task.name}: {method} fine-tuning ({epochs} epochs, {len(task.x_train)} normal samples) "
-        f"done in {time.perf_counter() - t0:.0f} s")
+    log(f"{task.name}: {method} fine-tuning (up to {epochs} epochs, {len(x_fit)} normal samples) "
+        f"done in {time.perf_counter() - t0:.0f} s{chosen}")
     return encoder
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit_idx, holdout_idx)``: a seeded random share ``fraction`` of ``n`` samples held out (none when
+    ``fraction`` is 0 or fewer than 2 would be held out; at least 2 always stay to fit on)."""
+    n_hold = int(round(fraction * n))
+    if n_hold < 2 or n - n_hold < 2:
+        return np.arange(n), np.arange(0)
+    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
 
 
 def iter_fit(s: AnomalySettings, exp: Experiment, log: Log = _print) -> Iterator[tuple[Task, dict[str, nn.Module]]]:

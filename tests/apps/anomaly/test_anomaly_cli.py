@@ -153,16 +153,16 @@ def test_tiny_end_to_end_table(tmp_path: Path, capsys) -> None:
     assert report["higher_is_better"] is True and report["verb"] == "evaluate"
     rows = {r["method"]: r for r in report["rows"]}
     assert {r["dataset"] for r in report["rows"]} == {"sep"} and len(rows) == len(report["rows"])
-    assert {"msc", "knn_pretrained", "compactness", "knn_raw", "isolation_forest"} <= set(rows)
-    assert set(report["baselines"]) == set(rows) - {"msc"}
+    assert {"msc_raw", "msc", "knn_pretrained", "compactness", "knn_raw", "isolation_forest"} <= set(rows)
+    assert set(report["baselines"]) == set(rows) - {"msc_raw"} and report["headline"] == "msc_raw"
     assert set(rows["msc"]["metrics"]) == {"roc_auc", "average_precision"} and rows["msc"]["seed"] == 0
-    assert rows["msc"]["metrics"]["roc_auc"] > 0.9  # separable by construction
+    assert rows["msc"]["metrics"]["roc_auc"] > 0.9 and rows["msc_raw"]["metrics"]["roc_auc"] > 0.9  # separable
     assert rows["isolation_forest"]["metrics"]["roc_auc"] > 0.9
     assert report["plots"] == ["per_class_roc_auc.png", "msc_score_histograms.png"]
     assert all((runs / p).is_file() for p in report["plots"]) and (runs / "report.md").is_file()
     assert report["extra"]["tasks"] == ["sep"] and "protocol" in report["extra"]
     tour_rows = validate_rows("anomaly", _rows(report, runs, 1.0, quick=True))
-    assert len(tour_rows) == len(rows) - 1 and tour_rows[0]["value"] == rows["msc"]["metrics"]["roc_auc"]
+    assert len(tour_rows) == len(rows) - 1 and tour_rows[0]["value"] == rows["msc_raw"]["metrics"]["roc_auc"]
     assert {"mode", "full_mode_ref", "higher_is_better"} <= set(tour_rows[0]) and tour_rows[0]["plots"]
     # evaluation-only options may change in the same run directory; a model setting may not
     assert main(["evaluate", "--data", str(data), "--run-dir", str(runs), *TINY, "--k", "3",
@@ -187,9 +187,11 @@ def test_tiny_images_pretrain_then_user_encoder(tmp_path: Path, capsys) -> None:
                  "--normal", "1", "2", *TINY]) == 0
     assert not (r2 / "pretrain").exists()
     report = json.loads((r2 / "report.json").read_text())
-    msc = {r["dataset"]: r["metrics"]["roc_auc"] for r in report["rows"] if r["method"] == "msc"}
-    assert set(msc) == {"class 1", "class 2", "mean"}
-    assert msc["mean"] == pytest.approx((msc["class 1"] + msc["class 2"]) / 2) and msc["mean"] > 0.8
+    msc = {r["dataset"]: r["metrics"]["roc_auc"] for r in report["rows"] if r["method"] == "msc_raw"}
+    assert set(msc) == {"class 1", "class 2"}
+    mean = report["extra"]["mean"]["msc_raw"]["roc_auc"]
+    assert mean == pytest.approx((msc["class 1"] + msc["class 2"]) / 2) and mean > 0.8
+    assert {v["dataset"] for v in report["versus"]} == {"class 1", "class 2"}  # no "mean" row among the tasks
     assert "knn_bn_adapted" in {r["method"] for r in report["rows"]}
 
 
@@ -203,7 +205,7 @@ def test_sweep_runs_each_seed_in_its_own_folder(tmp_path: Path) -> None:
         assert (runs / f"seed{seed}" / "report.json").is_file()
     report = json.loads((runs / "report.json").read_text())
     assert report["verb"] == "sweep" and sorted({r["seed"] for r in report["rows"]}) == [0, 1]
-    msc = next(s for s in report["summary"] if s["method"] == "msc")
+    msc = next(s for s in report["summary"] if s["method"] == "msc_raw")
     assert msc["seeds"] == [0, 1] and math.isfinite(msc["metrics"]["roc_auc"]["std"])
 
 
