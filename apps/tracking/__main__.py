@@ -6,6 +6,8 @@
     python -m apps.tracking sweep --seeds 0 1 2 [--quick] ...      # run once per seed; one report over the seeds
     python -m apps.tracking simulate --output DIR [--events N] [--pileup MU] ...  # write TrackML-format events
     python -m apps.tracking scale    [--hits 2000 10000 ...] ...   # inference time / peak memory vs hits
+    python -m apps.tracking convert --input EVENT.json --output DIR  # per-module JSON -> generic hit files
+    python -m apps.tracking simulate-planar --output DIR [--events N]  # straight tracks, forward planes (generic)
 
 Settings are layered: defaults (or the ``--quick`` preset), then ``--config FILE.yaml``, then flags.
 Re-running an interrupted command resumes from the run directory's checkpoints.
@@ -18,6 +20,8 @@ import sys
 from collections.abc import Sequence
 
 from apps.tracking.config import SimulateSettings, TrackingSettings
+from apps.tracking.formats import ConvertSettings
+from apps.tracking.planar import PlanarSettings
 from core.app import App, Run, Verb
 
 DESCRIPTION = ("Particle tracking on TrackML-format events: contrastive hit embedding + kNN graph + GNN edge "
@@ -62,10 +66,50 @@ def simulate(run: Run) -> None:
     sim = s.sim(s.pileup).validate()
     out = Path(s.output)
     atomic_write(out / det.name, lambda f: f.write(det.read_bytes()))
+    sims = []
     for i in range(s.events):
         ev = simulate_event(geo, sim, seed=s.seed + i, name=f"event{s.seed + i:09d}")
         write_event(out / ev.name, ev, compress=not s.plain)
         run.log(f"{out / ev.name}: {ev.n_hits} hits, {len(ev.particles)} particles")
+        sims.append(ev)
+    if s.compare:
+        _compare(s.data, sims)
+
+
+def _compare(data: str, sims: list) -> None:
+    """Print the simulator's event statistics beside those of the real events (means over events)."""
+    import numpy as np
+
+    from apps.tracking.data import dataset_name, find_events, read_event
+    from apps.tracking.simulate import STAT_NAMES, event_statistics
+
+    real = [event_statistics(read_event(p, require_truth=True)) for p in find_events(data)]
+    sim = [event_statistics(ev) for ev in sims]
+    print(f"| statistic | {dataset_name(data)} ({len(real)} events) | simulated ({len(sim)} events) |")
+    print("|---|---|---|")
+    for k, label in STAT_NAMES.items():
+        a, b = np.mean([r[k] for r in real]), np.mean([r[k] for r in sim])
+        print(f"| {label} | " + " | ".join(f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in (a, b)) + " |")
+
+
+def convert(run: Run) -> None:
+    from apps.tracking.formats import convert_path
+
+    s = run.settings
+    for path in convert_path(s.input, s.output, s.format):
+        run.log(f"{path}")
+
+
+def simulate_planar(run: Run) -> None:
+    from apps.tracking.formats import write_generic
+    from apps.tracking.planar import simulate_planar_event
+
+    s = run.settings
+    det = s.detector()
+    for i in range(s.events):
+        ev = simulate_planar_event(det, seed=s.seed + i, name=f"event{s.seed + i:09d}")
+        write_generic(s.output, ev, s.format)
+        run.log(f"{s.output}/{ev.name}.hits.{s.format}: {ev.n_hits} hits, {len(ev.particles)} particles")
 
 
 def _scale_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,6 +139,11 @@ APP = App("tracking", DESCRIPTION, TrackingSettings, {
     "scale": Verb(scale, "inference time and peak memory of the trained pipeline per event vs number of hits "
                          "(simulated events of growing pile-up); writes scaling.json / scaling.png into --run-dir",
                   arguments=_scale_arguments),
+    "convert": Verb(convert, "convert per-module JSON events (a file or a folder of *.json) into the generic hit "
+                             "format (NAME.hits.csv) in --output", settings=ConvertSettings, trains=False),
+    "simulate-planar": Verb(simulate_planar, "write simulated straight-track events of a forward detector (planes "
+                                             "at fixed z, no field) in the generic hit format into --output",
+                            settings=PlanarSettings, trains=False),
 }, sweep=True, epilog=__doc__, eval_data_field="eval_data")
 
 

@@ -25,27 +25,48 @@ _DATA_HELP = ("TrackML data: a folder of eventXXXX-{hits,truth,particles}.csv[.g
 class _SimulatorOptions:
     """The simulator's physics (:class:`apps.tracking.simulate.SimConfig`), shared by both settings classes."""
 
-    particles_per_vertex: float = option(50.0, help="simulator: mean charged particles per collision (TrackML: ~50, "
-                                                    "so pile-up 200 ~ 10k particles, ~110k hits)", low=0,
-                                         low_open=True)
-    pt_min: float = option(0.4, help="simulator: lowest transverse momentum (GeV)", low=0, low_open=True)
-    pt_max: float = option(50.0, help="simulator: highest transverse momentum (GeV)", low=0, low_open=True)
-    pt_alpha: float = option(3.0, help="simulator: pT spectrum dN/dpT ~ pT^-alpha", low=1, low_open=True)
-    eta_max: float = option(3.0, help="simulator: pseudo-rapidity range |eta| <= eta_max", low=0, low_open=True,
+    particles_per_vertex: float = option(50.0, help="simulator: mean charged particles per collision (TrackML ~50)",
+                                         low=0, low_open=True)
+    pt_min: float = option(0.1, help="simulator: lowest pT (GeV)", low=0, low_open=True)
+    pt_max: float = option(50.0, help="simulator: highest pT (GeV)", low=0, low_open=True)
+    pt_alpha: float = option(3.0, help="simulator: dN/dpT ~ pT^-alpha", low=1, low_open=True)
+    eta_max: float = option(4.0, help="simulator: |eta| <= eta_max", low=0, low_open=True,
                             high=5)
-    bfield: float = option(2.0, help="simulator: solenoid field (tesla; TrackML ~2)", low=0, low_open=True)
-    hit_resolution: float = option(0.05, help="simulator: Gaussian hit smearing in the sensor plane (mm)", low=0)
-    noise_fraction: float = option(0.1, help="simulator: share of all hits that are noise (random points on the "
-                                             "sensors)", low=0, high=1, high_open=True)
-    multiple_scattering: bool = option(True, help="simulator: Highland multiple scattering at each sensor crossing")
-    material: float = option(0.02, help="simulator: thickness of each sensor layer in radiation lengths (x/X0)",
+    realistic: bool = option(True, help="simulator: TrackML-like pT, eta, double hits, secondaries, "
+                                        "errors")
+    pt_median: float = option(0.42, help="simulator: median pT of the log-normal spectrum (GeV)", low=0,
+                              low_open=True, flag=False)
+    pt_sigma: float = option(0.75, help="simulator: width of ln pT of the log-normal spectrum", low=0, low_open=True,
+                             flag=False)
+    eta_sigma: float = option(2.1, help="simulator: Gaussian width of eta (inside |eta| <= eta_max); 0: uniform",
+                              low=0, flag=False)
+    double_hit_rate: float = option(0.25, help="simulator: share of layer crossings that leave a second hit (an "
+                                               "overlapping module a few mm further along the track)", low=0, high=1,
+                                    flag=False)
+    secondary_fraction: float = option(0.2, help="simulator: share of particles born at a displaced vertex", low=0,
+                                       high=1, flag=False)
+    secondary_radius: float = option(100.0, help="simulator: mean displacement of the secondaries' vertices (mm, "
+                                                 "exponential)", low=0, low_open=True, flag=False)
+    bfield: float = option(2.0, help="simulator: field (tesla)", low=0, low_open=True)
+    hit_resolution: float = option(0.05, help="simulator: hit error (mm)", low=0)
+    noise_fraction: float = option(0.15, help="simulator: share of all hits that are noise", low=0, high=1,
+                                   high_open=True)
+    multiple_scattering: bool = option(True, help="simulator: Highland scattering")
+    material: float = option(0.02, help="simulator: sensor x/X0",
                              low=0, low_open=True, high=1, high_open=True)
 
     def sim(self, pileup: float) -> SimConfig:
+        """The simulator's settings; ``realistic`` False switches the calibrated extras off (the plain helix
+        model: power-law pT, uniform eta, no double hits or secondaries, ``hit_resolution`` everywhere)."""
+        r = self.realistic
         return SimConfig(pileup=pileup, particles_per_vertex=self.particles_per_vertex, pt_min=self.pt_min,
                          pt_max=self.pt_max, pt_alpha=self.pt_alpha, eta_max=self.eta_max, bfield=self.bfield,
                          hit_resolution=self.hit_resolution, noise_fraction=self.noise_fraction,
-                         multiple_scattering=self.multiple_scattering, material=self.material)
+                         multiple_scattering=self.multiple_scattering, material=self.material,
+                         pt_spectrum="lognormal" if r else "power", pt_median=self.pt_median, pt_sigma=self.pt_sigma,
+                         eta_sigma=self.eta_sigma if r else 0.0, double_hit_rate=self.double_hit_rate if r else 0.0,
+                         secondary_fraction=self.secondary_fraction if r else 0.0,
+                         secondary_radius=self.secondary_radius, pitch_resolution=r)
 
     def _check_physics(self) -> None:
         if self.pt_min >= self.pt_max:
@@ -64,6 +85,10 @@ class TrackingSettings(_SimulatorOptions, AppSettings):
     train_source: str = option("sim", help="'sim': train on simulated events on the data's detector geometry; "
                                            "'data': train on the events of --data (they need truth files), holding "
                                            "out the last fifth (at least one) for evaluation", choices=("sim", "data"))
+    particle_split: float = option(0.0, help="split every event of --data by particles: this share of its particles "
+                                             "(all their hits) and of its noise hits is the training part (with "
+                                             "--train-source data), the rest is scored; both parts come from one "
+                                             "event; 0: off", low=0, high=1, high_open=True)
     train_events: int = option(80, help="number of simulated training events (split evenly over --train-pileup)",
                                low=1)
     train_pileup: list[float] = option([5.0, 10.0], help="pile-up levels (mean number of collisions per event) of "
@@ -130,13 +155,22 @@ class TrackingSettings(_SimulatorOptions, AppSettings):
     dbscan_eps: list[float] = option([0.01, 0.02, 0.03, 0.05, 0.08], help="DBSCAN eps values tried on the "
                                                                           "training events; the best one is used "
                                                                           "for the baseline", low=0, low_open=True)
+    road_tune_events: int = option(3, help="road-following baseline: training events its cuts are tuned on (a few "
+                                           "variants of the windows and seed cuts; the best mean TrackML score "
+                                           "wins)", low=1)
+    weights: str = option("auto", help="hit weights of the TrackML score: 'file' (the truth's weight column), "
+                                       "'official' (recomputed from truth with the TrackML recipe), 'uniform' "
+                                       "(every hit of a particle with 4+ hits alike) or 'auto' (file weights when "
+                                       "every hit has one, else official when the particles' momenta are known, "
+                                       "else uniform); the report says which were used",
+                          choices=("auto", "file", "official", "uniform"), model=False)
 
     @classmethod
     def quick(cls) -> TrackingSettings:
         """12 small simulated training events and few epochs: trains and evaluates in about a minute on a CPU."""
         return cls(train_events=12, train_pileup=[5.0], eval_events=1, embed_epochs=2, embed_hidden=64,
                    gnn_epochs=8, gnn_hidden=24, gnn_layers=2, cluster_epochs=8, cluster_pivots=256, cluster_dim=24,
-                   cluster_candidates=24, dbscan_eps=[0.02, 0.05])
+                   cluster_candidates=24, dbscan_eps=[0.02, 0.05], road_tune_events=1)
 
     def check(self) -> None:
         self._check_physics()
@@ -167,6 +201,7 @@ class SimulateSettings(_SimulatorOptions, AppSettings):
     pileup: float = option(10.0, help="pile-up level of the events (mean number of collisions per event)", low=0,
                            low_open=True)
     plain: bool = option(False, help="write plain .csv instead of .csv.gz")
+    compare: bool = option(False, help="compare with --data's statistics")
     run_dir: str = option("", help="not used by simulate (it writes only into --output)", model=False)
 
     def check(self) -> None:

@@ -10,7 +10,9 @@ only those events are scored, and the report goes to ``<run-dir>/eval/<name>/``.
 * ``gnn_cc``: the same edge scores, edge-score cut + connected components (the standard baseline builder);
 * ``gnn_learned`` (the full method, ``--builder learned``, the default): the same GNN, then the learned
   clusterer (set transformer over pivots, :mod:`apps.tracking.cluster`), when the run directory has one;
-* ``dbscan``: DBSCAN on the TrackML starter-kit helix-transformed coordinates, eps tuned on training events.
+* ``dbscan``: DBSCAN on the TrackML starter-kit helix-transformed coordinates, eps tuned on training events;
+* ``road``: classical road following (:mod:`apps.tracking.road`: triplet seeds, helix extension layer by layer),
+  cuts tuned on training events.
 
 Metrics per data set (means over events): ``trackml_score``, ``efficiency``, ``fake_rate`` (see
 :mod:`apps.tracking.metrics`), ``edge_efficiency`` / ``edge_purity`` of the edges kept after the score cut,
@@ -33,16 +35,26 @@ import torch  # noqa: E402
 
 from apps.tracking.config import TrackingSettings  # noqa: E402
 from apps.tracking.data import Event, dataset_name, find_detectors, find_events, read_event  # noqa: E402
-from apps.tracking.metrics import edge_metrics, efficiency_vs_pt, track_metrics, trackml_score  # noqa: E402
+from apps.tracking.metrics import (  # noqa: E402
+    edge_metrics,
+    efficiency_vs_pt,
+    track_metrics,
+    tracking_rates,
+    trackml_score,
+    uniform_weights,
+)
 from apps.tracking.model import (  # noqa: E402
     EdgeGNN,
     HitEmbedding,
     chain_tracks,
     connected_components_tracks,
     dbscan_tracks,
+    edge_auc,
     hit_features,
     knn_graph,
+    reachable_share,
 )
+from apps.tracking.road import RoadConfig, road_tracks  # noqa: E402
 from apps.tracking.simulate import Geometry, simulate_event  # noqa: E402
 from core.app import Run  # noqa: E402
 from core.app.files import save_figure  # noqa: E402
@@ -53,7 +65,7 @@ __all__ = ["reconstruct", "evaluate_events", "evaluate", "scored_events", "EVAL_
 EVAL_SEED = 2_000_000
 PT_BINS = np.array([0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0])
 METHOD_NAMES = {"gnn": "GNN + chaining", "gnn_cc": "GNN + cut/CC", "gnn_learned": "GNN + learned clusterer",
-                "dbscan": "DBSCAN (helix coords)"}
+                "dbscan": "DBSCAN (helix coords)", "road": "road following (triplet seeds + helix roads)"}
 BUILDER_METHOD = {"chain": "gnn", "cc": "gnn_cc", "learned": "gnn_learned"}
 
 
@@ -106,12 +118,17 @@ def _pt_map(ev: Event) -> dict | None:
 def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuning: dict, cfg: TrackingSettings,
                     keep_first: bool = True, clusterer: tuple | None = None) -> dict:
     """Per-method mean metrics over ``events`` plus efficiency-vs-pT counts and the first event's tracks."""
-    methods = [m for m in METHOD_NAMES if m != "gnn_learned" or clusterer is not None]
+    methods = [m for m in METHOD_NAMES if (m != "gnn_learned" or clusterer is not None)
+               and (m != "road" or "road" in tuning)]
     per = {m: [] for m in methods}
+    weights_used: set[str] = set()
     eff_pt = {m: [np.zeros(len(PT_BINS) - 1), np.zeros(len(PT_BINS) - 1)] for m in methods}
     display = None
     for ev in events:
-        pid, w = ev.particle_ids(), ev.weights()
+        pid = ev.particle_ids()
+        w, used = ev.score_weights(getattr(cfg, "weights", "auto"))
+        w_uniform = uniform_weights(pid)
+        weights_used.add(used)
         xyz = ev.hits[["x", "y", "z"]].to_numpy(dtype=np.float64)
         r, z = np.hypot(xyz[:, 0], xyz[:, 1]), xyz[:, 2]
         cut = tuning["edge_cut"]
@@ -120,20 +137,29 @@ def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuni
         t0 = time.perf_counter()
         db = dbscan_tracks(xyz, tuning["dbscan_eps"])
         t_db = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        road = road_tracks(xyz, _surfaces(ev), RoadConfig(**tuning["road"])) if "road" in tuning else None
+        t_road = time.perf_counter() - t0
         graph = edge_metrics(rec["edges"], pid, r, z)
         kept = edge_metrics(rec["edges"][:, rec["scores"] > cut], pid, r, z)
+        stage = {"gnn_edge_auc": edge_auc(rec["edges"], rec["scores"], pid),
+                 "graph_reachable": reachable_share(len(pid), rec["edges"], pid),
+                 "cut_reachable": reachable_share(len(pid), rec["edges"][:, rec["scores"] > cut], pid)}
         pts = _pt_map(ev)
         runs = [("gnn", rec["tracks"], rec["seconds"]), ("gnn_cc", rec["tracks_cc"], rec["seconds"]),
                 ("dbscan", db, t_db)]
         if clusterer is not None:
             runs.insert(2, ("gnn_learned", rec["tracks_learned"], rec["seconds_learned"]))
+        if road is not None:
+            runs.append(("road", road, t_road))
         for m, tracks, secs in runs:
             row = {"trackml_score": trackml_score(tracks, pid, w), **track_metrics(tracks, pid),
+                   "score_uniform": trackml_score(tracks, pid, w_uniform), **tracking_rates(tracks, pid),
                    "seconds_per_event": secs, "seconds_per_10k_hits": secs / len(pid) * 1e4, "hits": len(pid)}
-            if m != "dbscan":
+            if m not in ("dbscan", "road"):
                 row.update(edge_efficiency=kept["edge_efficiency"], edge_purity=kept["edge_purity"],
                            graph_edge_efficiency=graph["edge_efficiency"], graph_edge_purity=graph["edge_purity"],
-                           edges_per_hit=graph["n_edges"] / len(pid))
+                           edges_per_hit=graph["n_edges"] / len(pid), **stage)
             per[m].append(row)
             mat, tot = efficiency_vs_pt(tracks, pid, pts, PT_BINS)
             eff_pt[m][0] += mat
@@ -147,7 +173,15 @@ def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuni
         keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float))]
         out[m] = {k: float(np.nanmean([row[k] for row in rows])) for k in keys}
         out[m]["events"] = len(rows)
-    return {"metrics": out, "eff_pt": eff_pt, "display": display}
+    return {"metrics": out, "eff_pt": eff_pt, "display": display, "weights": sorted(weights_used)}
+
+
+def _surfaces(ev: Event) -> np.ndarray | None:
+    """volume_id * 1000 + layer_id per hit (None when the hits do not say)."""
+    h = ev.hits
+    if "volume_id" in h and "layer_id" in h:
+        return h["volume_id"].to_numpy(dtype=np.int64) * 1000 + h["layer_id"].to_numpy(dtype=np.int64)
+    return None
 
 
 def _sim_events(cfg: TrackingSettings, geo: Geometry, level: float) -> list[Event]:
@@ -182,7 +216,8 @@ def _eff_pt_plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
     centres = np.sqrt(PT_BINS[:-1] * PT_BINS[1:])
     for ax, name in zip(axes[0], names):
-        for m, style in (("gnn", "o-"), ("gnn_cc", "s--"), ("gnn_learned", "d-."), ("dbscan", "^:")):
+        for m, style in (("gnn", "o-"), ("gnn_cc", "s--"), ("gnn_learned", "d-."), ("dbscan", "^:"),
+                         ("road", "v-")):
             if m not in results[name]["eff_pt"]:
                 continue
             mat, tot = results[name]["eff_pt"][m]
@@ -220,8 +255,9 @@ def _score_plot(metrics: dict, path: Path) -> None:
 
 
 
-REPORT_METRICS = ("trackml_score", "efficiency", "fake_rate", "edge_efficiency", "edge_purity",
-                  "graph_edge_efficiency", "graph_edge_purity", "seconds_per_10k_hits")
+REPORT_METRICS = ("trackml_score", "efficiency", "fake_rate", "score_uniform", "efficiency_70", "fake_rate_70",
+                  "clone_rate_70", "edge_efficiency", "edge_purity", "graph_edge_efficiency", "graph_edge_purity",
+                  "gnn_edge_auc", "graph_reachable", "cut_reachable", "seconds_per_10k_hits")
 BUILDER_TEXT = {"gnn": "chaining", "gnn_cc": "cut + connected components",
                 "gnn_learned": "learned clusterer (set transformer over pivots)"}
 
@@ -229,24 +265,26 @@ BUILDER_TEXT = {"gnn": "chaining", "gnn_cc": "cut + connected components",
 def scored_events(s: TrackingSettings) -> tuple[str, list[Event]]:
     """The real data set the report scores (name, events with truth): ``--eval-data``, else the events of ``--data``
     (with ``--train-source data``: its held-out last fifth). Read before anything is trained or written."""
-    from apps.tracking.train import data_split
+    from apps.tracking.train import real_events
 
     if s.eval_data:
         return dataset_name(s.eval_data), [read_event(p, require_truth=True) for p in find_events(s.eval_data)]
-    return dataset_name(s.data), [read_event(p, require_truth=True) for p in data_split(s)[1]]
+    name = dataset_name(s.data) + (f"-split{1 - s.particle_split:g}" if s.particle_split > 0 else "")
+    return name, real_events(s, train=False)
 
 
 def evaluate(run: Run, real: tuple[str, list[Event]] | None = None) -> dict | None:
     """Reconstruct the test events with the trained pipeline and the baselines; write ``report.json`` /
     ``report.md`` and the plots into the report folder (``<run-dir>``, or ``<run-dir>/eval/<data>`` with
     ``--eval-data``). Runs on the main process (the others return None at once); returns the report."""
-    from apps.tracking.train import _quiet, load_clusterer, load_models, model_dir
+    from apps.tracking.train import _quiet, load_clusterer, load_models, load_road, model_dir
 
     s = run.settings
     _quiet()
     real_name, real_events = real if real is not None else scored_events(s)
     root = model_dir(run)
     embed, gnn, tuning = load_models(s, root)
+    tuning = {**tuning, "road": load_road(s, root).to_dict()}
     clusterer = load_clusterer(s, root, required=s.builder == "learned")
     if not run.is_main:
         return None
@@ -273,6 +311,7 @@ def evaluate(run: Run, real: tuple[str, list[Event]] | None = None) -> dict | No
     plots += ["efficiency_vs_pt.png", "trackml_score.png"]
     head = BUILDER_METHOD[s.builder]
     report = run.report("trackml_score", higher_is_better=True, title="Particle tracking (TrackML score)")
+    report.headline = head
     if s.eval_data:
         report.data = s.eval_data
     for name, per in per_dataset.items():
@@ -287,14 +326,25 @@ def evaluate(run: Run, real: tuple[str, list[Event]] | None = None) -> dict | No
         + "; ".join(f"{m}: {METHOD_NAMES[m]}" for m in METHOD_NAMES if m != head) + ".",
         f"headline data set: {real_name} (real events); sim-pu<level>: simulated test events at that pile-up.",
         "Edge efficiency: share of consecutive-hit truth edges kept; purity: share of kept edges joining two hits of "
-        "one particle. 'edge' = after the GNN score cut, 'graph' = the kNN graph.",
+        "one particle. 'edge' = after the GNN score cut, 'graph' = the kNN graph. Per stage: graph_reachable / "
+        "cut_reachable = share of particles with 4+ hits that more than half of whose hits are joined by their own "
+        "edges in the kNN graph / after the score cut (what a perfect builder could still find); gnn_edge_auc = "
+        "ROC AUC of the GNN edge scores on the kNN graph; efficiency / cut_reachable = what the builder keeps.",
+        "hit weights of trackml_score: " + "; ".join(f"{n}: {'/'.join(r['weights'])}" for n, r in results.items())
+        + " (file: the truth's weight column; official: recomputed with the TrackML recipe; uniform: every hit of "
+        "a particle with 4+ hits alike). score_uniform: the score with uniform weights. efficiency_70 / "
+        "fake_rate_70 / clone_rate_70: a track (4+ hits) matches a particle when >= 70 % of its hits are the "
+        "particle's; efficiency over particles with 4+ hits; fake = unmatched tracks / tracks; clone = matched "
+        "tracks beyond the first per particle / matched tracks.",
         "tuned on training events: " + ", ".join(f"{k} {v:g}" for k, v in tuning.items()
                                                   if k in ("edge_cut", "cc_cut", "dbscan_eps", "cluster_threshold")),
+        "road: " + ", ".join(f"{k} {v:g}" for k, v in tuning["road"].items()) + " (apps/tracking/road.py; cuts "
+        "from road.json in the model folder, tuned on training events, else the defaults).",
     ]
     report.plots = plots
     report.extra = {"headline_dataset": real_name, "method": head, "description": description,
                     "method_names": METHOD_NAMES, "tuned": tuning, "per_dataset": per_dataset,
-                    "models": str(root)}
+                    "models": str(root), "weights": {n: r["weights"] for n, r in results.items()}}
     out = run.write_report(report, folder)
     for line in (folder / "report.md").read_text().splitlines():
         if line.startswith("|"):

@@ -36,7 +36,7 @@ from core.losses import sup_con
 __all__ = [
     "hit_features", "HitEmbedding", "hit_contrastive_loss", "knn_graph", "edge_attributes", "SuperEdgeConv",
     "EdgeGNN", "focal_edge_loss", "edge_contrastive_loss", "edge_contrastive_loss_reference",
-    "connected_components_tracks", "chain_tracks", "dbscan_features", "dbscan_tracks",
+    "connected_components_tracks", "chain_tracks", "dbscan_features", "dbscan_tracks", "edge_auc", "reachable_share",
     "N_HIT_FEATURES", "N_EDGE_FEATURES",
 ]
 
@@ -334,3 +334,40 @@ def dbscan_tracks(xyz: np.ndarray, eps: float, min_samples: int = 1) -> np.ndarr
     noise = lab < 0
     lab[noise] = lab.max() + 1 + np.arange(int(noise.sum()))
     return lab
+
+
+def edge_auc(edges: np.ndarray, scores: np.ndarray, particle_id: np.ndarray) -> float:
+    """ROC AUC of edge scores for "both hits are of one (non-noise) particle"; NaN if one class is missing.
+    Ties count one half (the Mann-Whitney statistic)."""
+    from scipy.stats import rankdata
+
+    pid = np.asarray(particle_id)
+    y = (pid[edges[0]] == pid[edges[1]]) & (pid[edges[0]] != 0)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def reachable_share(n: int, edges: np.ndarray, particle_id: np.ndarray, min_hits: int = 4) -> float:
+    """Share of the particles with ``min_hits`` or more hits that a perfect track builder could still find from
+    these edges: more than half of the particle's hits joined by its own edges (one connected component of the
+    edges between two of its hits). Compare with the track efficiency to see what the builder loses."""
+    pid = np.asarray(particle_id)
+    cnt = np.bincount(np.unique(pid[pid != 0], return_inverse=True)[1]) if (pid != 0).any() else np.zeros(0)
+    parts = np.unique(pid[pid != 0])
+    big = parts[cnt >= min_hits]
+    if len(big) == 0:
+        return float("nan")
+    e = edges[:, (pid[edges[0]] == pid[edges[1]]) & (pid[edges[0]] != 0)] if edges.size else np.zeros((2, 0), int)
+    g = coo_matrix((np.ones(e.shape[1]), (e[0], e[1])), shape=(n, n))
+    _, lab = connected_components(g, directed=False)
+    hit = pid != 0
+    # largest component per particle: count (particle, component) pairs
+    pairs, sizes = np.unique(np.stack([pid[hit], lab[hit]]), axis=1, return_counts=True)
+    best = {}
+    for p, s in zip(pairs[0].tolist(), sizes.tolist()):
+        best[p] = max(best.get(p, 0), s)
+    tot = dict(zip(parts.tolist(), cnt.tolist()))
+    return float(np.mean([2 * best.get(p, 0) > tot[p] for p in big.tolist()]))

@@ -8,9 +8,15 @@ layer with the nearest centre.
 
 Physics (:func:`simulate_event`): ``n_vertices ~ Poisson(pileup)`` collisions at the beam spot
 (:math:`\sigma_{x,y}` = 15 um, :math:`\sigma_z` = 55 mm), each with ``Poisson(particles_per_vertex)``
-charged pions: :math:`\eta \sim U(-\eta_{max}, \eta_{max})`, :math:`\phi \sim U(-\pi, \pi)`, charge
-:math:`\pm 1`, and :math:`p_T` from a power law :math:`dN/dp_T \propto p_T^{-\alpha}` on
-:math:`[p_T^{min}, p_T^{max}]`. In a uniform solenoid field :math:`B \hat z` the track is a helix of radius
+charged pions: :math:`\eta \sim N(0, \sigma_\eta)` inside :math:`|\eta| \le \eta_{max}` (``eta_sigma`` = 0:
+uniform there), :math:`\phi \sim U(-\pi, \pi)`, charge :math:`\pm 1`, and :math:`p_T` on
+:math:`[p_T^{min}, p_T^{max}]` from a log-normal (``pt_spectrum='lognormal'``: median ``pt_median``, width of
+:math:`\ln p_T` ``pt_sigma``) or a power law :math:`dN/dp_T \propto p_T^{-\alpha}` (``'power'``). A share
+``secondary_fraction`` of the particles are secondaries: their vertex is displaced from the collision by an
+exponential distance of mean ``secondary_radius`` (mm) transversely, in an azimuth within about 0.3 rad of their
+own, and along z by that distance times :math:`\sinh\eta`. The defaults are calibrated to the statistics of the
+embedded real TrackML event (``python -m apps.tracking simulate --compare``; docs/apps/tracking.md).
+In a uniform solenoid field :math:`B \hat z` the track is a helix of radius
 
 .. math::  R\,[\mathrm{m}] = \frac{p_T\,[\mathrm{GeV}]}{0.3\,|q|\,B\,[\mathrm{T}]},
 
@@ -18,7 +24,10 @@ turning clockwise (seen from +z) for positive charge. It is followed in exact he
 ``step_mm`` until it leaves the tracker (r > 1030 mm or |z| > 3000 mm) or completes half a turn in the
 transverse plane (so r grows monotonically and each surface is crossed at most once; loopers are cut
 there). Each crossing of a surface within its extent gives a hit; the measured position is the crossing
-point smeared by ``hit_resolution`` (mm) in the two directions of the surface. With
+point smeared in the two directions of the surface, by ``hit_resolution`` (mm) or, with ``pitch_resolution``, by
+the layer's pitch / sqrt(12) from ``detectors.csv`` (``pitch_u`` in r-phi, ``pitch_v`` along z on cylinders and
+along r on discs). A share ``double_hit_rate`` of the crossings leave a second hit, as on overlapping modules:
+2-6 mm further along the track in r (cylinders) or |z| (discs), smeared independently. With
 ``multiple_scattering``, the direction is deflected at each crossing by two independent Gaussian angles of
 width (Highland) :math:`\theta_0 = \frac{13.6\,\mathrm{MeV}}{\beta p}\sqrt{x/X_0}\,(1 + 0.038 \ln(x/X_0))`
 with ``material`` = :math:`x/X_0` per layer. Noise hits (a share ``noise_fraction`` of all hits) are placed
@@ -41,7 +50,8 @@ from sklearn.neighbors import KDTree
 from apps.tracking.data import Event, read_detectors
 from core.app import InputError
 
-__all__ = ["SimConfig", "Geometry", "simulate_event", "trackml_weights", "helix_radius_mm", "R_MAX", "Z_MAX"]
+__all__ = ["SimConfig", "Geometry", "simulate_event", "trackml_weights", "helix_radius_mm", "R_MAX", "Z_MAX",
+           "event_statistics", "STAT_NAMES"]
 
 R_MAX, Z_MAX = 1030.0, 3000.0
 PION_MASS = 0.13957
@@ -53,16 +63,24 @@ class SimConfig:
 
     pileup: float = 10.0
     particles_per_vertex: float = 50.0
-    pt_min: float = 0.4
+    pt_min: float = 0.1
     pt_max: float = 50.0
     pt_alpha: float = 3.0
-    eta_max: float = 3.0
+    eta_max: float = 4.0
     bfield: float = 2.0
     hit_resolution: float = 0.05
-    noise_fraction: float = 0.1
+    noise_fraction: float = 0.15
     multiple_scattering: bool = True
     material: float = 0.02
     step_mm: float = 5.0
+    pt_spectrum: str = "lognormal"
+    pt_median: float = 0.42
+    pt_sigma: float = 0.75
+    eta_sigma: float = 2.1
+    double_hit_rate: float = 0.25
+    secondary_fraction: float = 0.2
+    secondary_radius: float = 100.0
+    pitch_resolution: bool = True
 
     def validate(self) -> SimConfig:
         if not (math.isfinite(self.pileup) and self.pileup > 0):
@@ -83,6 +101,18 @@ class SimConfig:
             raise InputError(f"noise_fraction must be in [0, 1), got {self.noise_fraction}")
         if not (math.isfinite(self.material) and 0 < self.material < 1):
             raise InputError(f"material (x/X0 per layer) must be in (0, 1), got {self.material}")
+        if self.pt_spectrum not in ("power", "lognormal"):
+            raise InputError(f"pt_spectrum must be 'power' or 'lognormal', got {self.pt_spectrum!r}")
+        if not (math.isfinite(self.pt_median) and self.pt_median > 0 and math.isfinite(self.pt_sigma)
+                and self.pt_sigma > 0):
+            raise InputError(f"pt_median and pt_sigma must be positive, got {self.pt_median}, {self.pt_sigma}")
+        if not (math.isfinite(self.eta_sigma) and self.eta_sigma >= 0):
+            raise InputError(f"eta_sigma must be >= 0 (0: uniform in eta), got {self.eta_sigma}")
+        for name in ("double_hit_rate", "secondary_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not (math.isfinite(self.secondary_radius) and self.secondary_radius > 0):
+            raise InputError(f"secondary_radius must be positive (mm), got {self.secondary_radius}")
         if not 0.1 <= self.step_mm <= 20:
             raise InputError(f"step_mm must be in [0.1, 20] (layers are >= 30 mm apart), got {self.step_mm}")
         return self
@@ -102,6 +132,8 @@ class Geometry:
         half = np.maximum(d["module_maxhu"].to_numpy(), d["module_hv"].to_numpy())
         rows = []
         self._trees: dict[tuple[int, int], tuple[KDTree, np.ndarray]] = {}
+        has_pitch = "pitch_u" in d.columns and "pitch_v" in d.columns
+        pitch = []
         for (vol, lay), idx in d.groupby(["volume_id", "layer_id"]).indices.items():
             rr, zz, hh = r[idx], d["cz"].to_numpy()[idx], half[idx]
             if np.ptp(rr) < 0.05 * rr.mean() + 5:  # barrel: one radius
@@ -110,11 +142,15 @@ class Geometry:
                 rows.append((vol, lay, 1, zz.mean(), max(rr.min() - hh.max(), 0.0), rr.max() + hh.max(), 0.0))
             else:
                 raise InputError(f"detector layer volume {vol} layer {lay} is neither a cylinder nor a disc")
+            # binary readout: a uniform error over one pitch, sigma = pitch / sqrt(12) (u: fine, r-phi; v: coarse)
+            pitch.append((np.median(d["pitch_u"].to_numpy()[idx]), np.median(d["pitch_v"].to_numpy()[idx]))
+                         if has_pitch else (np.nan, np.nan))
             centres = d[["cx", "cy", "cz"]].to_numpy()[idx]
             self._trees[(int(vol), int(lay))] = (KDTree(centres), d["module_id"].to_numpy()[idx])
         t = np.array(rows, dtype=np.float64)
         self.volume, self.layer, self.is_disc = t[:, 0].astype(int), t[:, 1].astype(int), t[:, 2].astype(bool)
         self.pos, self.lo, self.hi = t[:, 3], t[:, 4], t[:, 5]
+        self.sigma_u, self.sigma_v = (np.array(pitch, dtype=np.float64) / math.sqrt(12)).T
         self.cyl = np.flatnonzero(~self.is_disc)[np.argsort(self.pos[~self.is_disc])]
         self.disc = np.flatnonzero(self.is_disc)[np.argsort(self.pos[self.is_disc])]
 
@@ -158,11 +194,33 @@ def trackml_weights(pid: np.ndarray, order: np.ndarray, nhits: np.ndarray, pt: n
 
 
 def _sample_pt(rng: np.random.Generator, n: int, cfg: SimConfig) -> np.ndarray:
-    """Inverse-CDF sample of dN/dpT ~ pT^-alpha on [pt_min, pt_max]."""
+    """pT on [pt_min, pt_max]: log-normal (median ``pt_median``, log-width ``pt_sigma``; resampled until inside)
+    or the inverse-CDF sample of dN/dpT ~ pT^-alpha (``pt_spectrum='power'``)."""
+    if cfg.pt_spectrum == "lognormal":
+        out = np.empty(n)
+        todo = np.arange(n)
+        while len(todo):
+            v = cfg.pt_median * np.exp(cfg.pt_sigma * rng.standard_normal(len(todo)))
+            ok = (v >= cfg.pt_min) & (v <= cfg.pt_max)
+            out[todo[ok]] = v[ok]
+            todo = todo[~ok]
+        return out
     a = 1.0 - cfg.pt_alpha
     u = rng.random(n)
     lo, hi = cfg.pt_min ** a, cfg.pt_max ** a
     return (lo + u * (hi - lo)) ** (1.0 / a)
+
+
+def _sample_eta(rng: np.random.Generator, n: int, cfg: SimConfig) -> np.ndarray:
+    """Pseudo-rapidity: Gaussian of width ``eta_sigma`` resampled into |eta| <= eta_max (0: uniform there)."""
+    if cfg.eta_sigma <= 0:
+        return rng.uniform(-cfg.eta_max, cfg.eta_max, n)
+    out = rng.normal(0, cfg.eta_sigma, n)
+    bad = np.abs(out) > cfg.eta_max
+    while bad.any():
+        out[bad] = rng.normal(0, cfg.eta_sigma, int(bad.sum()))
+        bad = np.abs(out) > cfg.eta_max
+    return out
 
 
 def _propagate(geo: Geometry, pos: np.ndarray, mom: np.ndarray, q: np.ndarray, cfg: SimConfig,
@@ -216,6 +274,9 @@ def _propagate(geo: Geometry, pos: np.ndarray, mom: np.ndarray, q: np.ndarray, c
             j, srf, f = np.array(hits_p), np.array(hits_s), np.array(hits_f)[:, None]
             xyz = p0[j] + f * (p1[j] - p0[j])
             r = np.hypot(xyz[:, 0], xyz[:, 1])
+            cyl = ~geo.is_disc[srf]  # the chord's point is within ~1e-5 mm of the cylinder: put it on it
+            xyz[cyl, :2] *= (geo.pos[srf[cyl]] / np.maximum(r[cyl], 1e-9))[:, None]
+            r[cyl] = geo.pos[srf[cyl]]
             coord = np.where(geo.is_disc[srf], r, xyz[:, 2])
             ok = (coord >= geo.lo[srf]) & (coord <= geo.hi[srf])
             j, srf, xyz = j[ok], srf[ok], xyz[ok]
@@ -249,13 +310,21 @@ def _scatter(mom: np.ndarray, material: float, rng: np.random.Generator) -> np.n
     return d * p[:, None]
 
 
-def _smear(geo: Geometry, srf: np.ndarray, xyz: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian smearing in the surface: r-phi and z on cylinders, r-phi and r on discs; stays on the surface."""
-    if sigma == 0:
+def _smear(geo: Geometry, srf: np.ndarray, xyz: np.ndarray, sigma: float, rng: np.random.Generator,
+           pitch: bool = False) -> np.ndarray:
+    """Gaussian smearing in the surface: r-phi and z on cylinders, r-phi and r on discs; stays on the surface.
+    ``pitch``: the surface's pitch / sqrt(12) (fine in r-phi, coarse along the strips) where the geometry has
+    pitches, else ``sigma`` in both directions."""
+    su = np.full(len(srf), float(sigma))
+    sv = su.copy()
+    if pitch:
+        su = np.where(np.isfinite(geo.sigma_u[srf]), geo.sigma_u[srf], su)
+        sv = np.where(np.isfinite(geo.sigma_v[srf]), geo.sigma_v[srf], sv)
+    if not (su.any() or sv.any()):
         return xyz
     r = np.hypot(xyz[:, 0], xyz[:, 1])
     phi = np.arctan2(xyz[:, 1], xyz[:, 0])
-    a, b = rng.normal(scale=sigma, size=(2, len(r)))
+    a, b = rng.standard_normal(size=(2, len(r))) * np.stack([su, sv])
     disc = geo.is_disc[srf]
     phi = phi + a / np.maximum(r, 1.0)
     r = np.where(disc, np.clip(r + b, geo.lo[srf], geo.hi[srf]), r)
@@ -288,10 +357,18 @@ def simulate_event(geo: Geometry, cfg: SimConfig, seed: int, name: str = "event0
     vtx = np.stack([rng.normal(0, 0.015, n_vtx), rng.normal(0, 0.015, n_vtx), rng.normal(0, 55.0, n_vtx)], axis=1)
     v = np.repeat(vtx, per, axis=0)
     pt = _sample_pt(rng, n, cfg)
-    eta = rng.uniform(-cfg.eta_max, cfg.eta_max, n)
+    eta = _sample_eta(rng, n, cfg)
     phi = rng.uniform(-np.pi, np.pi, n)
     q = rng.choice([-1.0, 1.0], n)
     mom = np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], axis=1)
+    if cfg.secondary_fraction > 0:  # secondaries: born at a displaced vertex, roughly along their own direction
+        sec = np.flatnonzero(rng.random(n) < cfg.secondary_fraction)
+        d = np.minimum(rng.exponential(cfg.secondary_radius, len(sec)), 0.5 * R_MAX)
+        psi = phi[sec] + rng.normal(0, 0.3, len(sec))
+        v = v.copy()
+        v[sec, 0] += d * np.cos(psi)
+        v[sec, 1] += d * np.sin(psi)
+        v[sec, 2] = np.clip(v[sec, 2] + d * np.sinh(eta[sec]), -0.9 * Z_MAX, 0.9 * Z_MAX)
     crossings = _propagate(geo, v, mom, q, cfg, rng)
     if crossings:
         part = np.concatenate([c[0] for c in crossings])
@@ -301,13 +378,25 @@ def simulate_event(geo: Geometry, cfg: SimConfig, seed: int, name: str = "event0
     else:
         part, srf = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         txyz, tmom = np.zeros((0, 3)), np.zeros((0, 3))
-    # order along each track = order of crossing (steps are chronological; stable sort keeps it)
-    order_idx = np.argsort(part, kind="stable")
+    seq = np.arange(len(part), dtype=np.float64)
+    if cfg.double_hit_rate > 0 and len(part):
+        # overlapping modules: a second hit of the same layer a few mm further along the track
+        dup = np.flatnonzero(rng.random(len(part)) < cfg.double_hit_rate)
+        u = tmom[dup] / np.linalg.norm(tmom[dup], axis=1, keepdims=True)
+        disc = geo.is_disc[srf[dup]]
+        rhat = txyz[dup, :2] / np.maximum(np.hypot(txyz[dup, 0], txyz[dup, 1]), 1e-9)[:, None]
+        along = np.where(disc, np.abs(u[:, 2]), np.abs((u[:, :2] * rhat).sum(1)))  # d(r or |z|) per unit path
+        delta = rng.uniform(2.0, 6.0, len(dup)) / np.maximum(along, 0.05)
+        part, srf = np.concatenate([part, part[dup]]), np.concatenate([srf, srf[dup]])
+        txyz = np.concatenate([txyz, txyz[dup] + u * delta[:, None]])
+        tmom, seq = np.concatenate([tmom, tmom[dup]]), np.concatenate([seq, seq[dup] + 0.5])
+    # order along each track = order of crossing (steps are chronological; double hits right after theirs)
+    order_idx = np.lexsort((seq, part))
     part, srf, txyz, tmom = part[order_idx], srf[order_idx], txyz[order_idx], tmom[order_idx]
     nh = np.bincount(part, minlength=n)
     first = np.concatenate([[0], np.cumsum(nh)[:-1]])
     order = np.arange(len(part)) - first[part]
-    mxyz = _smear(geo, srf, txyz, cfg.hit_resolution, rng)
+    mxyz = _smear(geo, srf, txyz, cfg.hit_resolution, rng, cfg.pitch_resolution)
     n_noise = int(rng.poisson(len(part) * cfg.noise_fraction / (1 - cfg.noise_fraction))) if len(part) else 0
     nsrf, nxyz = _noise(geo, n_noise, rng)
     pid_of = np.arange(1, n + 1, dtype=np.int64)  # particle ids 1..n; 0 is noise
@@ -334,3 +423,34 @@ def simulate_event(geo: Geometry, cfg: SimConfig, seed: int, name: str = "event0
     hits = hits.sort_values("hit_id").reset_index(drop=True)
     truth = truth.sort_values("hit_id").reset_index(drop=True)
     return Event(name, hits, truth, particles, meta={"pileup": cfg.pileup, "n_vertices": n_vtx, "seed": seed})
+
+
+STAT_NAMES = {"hits": "hits per event", "noise": "noise share of hits", "particles": "particles with hits",
+              "hits_per_particle": "hits per particle (mean)", "pt_median": "pT median of particles with hits (GeV)",
+              "pt_below_0.2": "share of them below 0.2 GeV", "pt_above_1": "share of them above 1 GeV",
+              "abs_eta_median": "median of abs(eta)", "secondaries": "share with a vertex > 1 mm from the beam line",
+              "double_hits": "share of (particle, layer) with 2+ hits", "strip_z_error": "long-strip barrel z error "
+              "(mm, rms hit - truth)"}
+
+
+def event_statistics(ev: Event) -> dict[str, float]:
+    """Statistics that compare a simulated event with a real one (:data:`STAT_NAMES`); needs truth and particles.
+    They describe the event (densities, spectra, hit errors); none of them uses a reconstruction."""
+    h, t, p = ev.hits, ev.truth, ev.particles
+    pid = t["particle_id"].to_numpy()
+    real = pid != 0
+    u, cnt = np.unique(pid[real], return_counts=True)
+    ps = p.set_index("particle_id").reindex(u)
+    pt = np.hypot(ps["px"], ps["py"]).to_numpy()
+    eta = np.arcsinh(ps["pz"].to_numpy() / np.maximum(pt, 1e-12))
+    vr = np.hypot(ps["vx"], ps["vy"]).to_numpy()
+    layers = pd.DataFrame({"p": pid[real], "v": h["volume_id"].to_numpy()[real], "l": h["layer_id"].to_numpy()[real]})
+    per_layer = layers.groupby(["p", "v", "l"]).size()
+    strips = (h["volume_id"].to_numpy() == 17) & real
+    return {"hits": float(len(h)), "noise": float((~real).mean()), "particles": float(len(u)),
+            "hits_per_particle": float(cnt.mean()) if len(cnt) else float("nan"),
+            "pt_median": float(np.nanmedian(pt)), "pt_below_0.2": float(np.nanmean(pt < 0.2)),
+            "pt_above_1": float(np.nanmean(pt > 1.0)), "abs_eta_median": float(np.nanmedian(np.abs(eta))),
+            "secondaries": float(np.nanmean(vr > 1.0)), "double_hits": float((per_layer > 1).mean()),
+            "strip_z_error": float(np.sqrt(np.mean((h["z"].to_numpy() - t["tz"].to_numpy())[strips] ** 2)))
+            if strips.any() else float("nan")}

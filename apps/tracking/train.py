@@ -7,6 +7,7 @@ Run-directory layout (``<run-dir>/``, see :class:`core.app.RunDir`)::
     pipeline/seed<S>/embed/embed.pt        the trained hit embedding (stage done)
     pipeline/seed<S>/gnn/gnn.pt            the trained GNN edge classifier (stage done)
     pipeline/seed<S>/tuning.json           edge-score cuts and the DBSCAN eps chosen on (up to 6) training events
+    pipeline/seed<S>/road.json             the road-following baseline's cuts, chosen on training events
     pipeline/seed<S>/cluster/cluster.pt    the trained learned clusterer (set transformer over pivots; stage done)
     pipeline/seed<S>/cluster/tuning.json   its membership threshold chosen on (up to 4) training events
     pipeline/seed<S>/*/checkpoints/        Lightning checkpoints: an interrupted stage resumes from last.ckpt
@@ -48,7 +49,7 @@ from core.training import fit_with_resume, seed_everything, stopped_by_deadline
 
 __all__ = ["prepare_event", "data_split", "training_events", "event_loader", "EmbedModule", "GNNModule",
            "ClusterModule", "check_data", "fit", "model_dir", "load_models", "load_clusterer", "TRAIN_SEED",
-           "PIPELINE"]
+           "PIPELINE", "load_road", "tune_road_baseline", "road_inputs", "split_by_particles", "real_events"]
 
 TRAIN_SEED = 1_000_000  # simulated training events use seeds TRAIN_SEED + seed * 10_000 + i
 PIPELINE = "pipeline"  # the method folder of the trained models: <run-dir>/pipeline/seed<S>
@@ -69,6 +70,8 @@ def data_split(cfg: TrackingSettings) -> tuple[list[Path], list[Path]]:
     """Event prefixes of ``--data`` to train on and to evaluate on. With ``train_source='data'`` the last
     ``max(1, n // 5)`` events (in file-name order) are held out for evaluation; otherwise all are evaluated."""
     prefixes = find_events(cfg.data)
+    if getattr(cfg, "particle_split", 0.0) > 0:  # every event gives a training and a test part
+        return (prefixes if cfg.train_source == "data" else []), prefixes
     if cfg.train_source != "data":
         return [], prefixes
     if len(prefixes) < 2:
@@ -78,10 +81,39 @@ def data_split(cfg: TrackingSettings) -> tuple[list[Path], list[Path]]:
     return prefixes[:-n_test], prefixes[-n_test:]
 
 
+def split_by_particles(ev: Event, share: float, seed: int = 0) -> tuple[Event, Event]:
+    """Two events from one: a random ``share`` of the particles (all their hits) plus that share of the noise
+    hits, and the rest. The truth weights are kept (the score renormalises them within each part)."""
+    pid = ev.particle_ids()
+    rng = np.random.default_rng(seed)
+    parts = np.unique(pid[pid != 0])
+    take = set(parts[rng.random(len(parts)) < share].tolist())
+    first = np.isin(pid, list(take)) | ((pid == 0) & (rng.random(len(pid)) < share))
+    out = []
+    for mask, tag in ((first, "a"), (~first, "b")):
+        sub = Event(f"{ev.name}{tag}", ev.hits[mask].reset_index(drop=True), ev.truth[mask].reset_index(drop=True),
+                    None if ev.particles is None else
+                    ev.particles[ev.particles["particle_id"].isin(np.unique(pid[mask]))].reset_index(drop=True),
+                    {**ev.meta, "split_of": ev.name, "part": tag})
+        out.append(sub)
+    return out[0], out[1]
+
+
+def real_events(cfg: TrackingSettings, train: bool) -> list[Event]:
+    """The events of ``--data`` to train on (``train``) or to score. With ``--particle-split S`` every event is
+    split by :func:`split_by_particles` (the training part: a share S of its particles and noise; the scored
+    part: the rest), so that both come from one event but share no hit."""
+    paths = data_split(cfg)[0 if train else 1]
+    events = [read_event(p, require_truth=True) for p in paths]
+    if cfg.particle_split > 0:
+        events = [split_by_particles(ev, cfg.particle_split, seed=cfg.seed)[0 if train else 1] for ev in events]
+    return events
+
+
 def training_events(cfg: TrackingSettings, geo: Geometry) -> list[Event]:
     """Simulated training events (``train_source='sim'``) or the truth-bearing events of ``--data``."""
     if cfg.train_source == "data":
-        return [read_event(p, require_truth=True) for p in data_split(cfg)[0]]
+        return real_events(cfg, train=True)
     levels = list(cfg.train_pileup)
     return [simulate_event(geo, cfg.sim(levels[i % len(levels)]), seed=TRAIN_SEED + cfg.seed * 10_000 + i,
                            name=f"event{i:09d}") for i in range(cfg.train_events)]
@@ -298,7 +330,7 @@ def tune_dbscan(cfg: TrackingSettings, items: list[dict]) -> tuple[float, dict]:
     return best, scores
 
 
-CUTS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+CUTS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 
 
 @torch.no_grad()
@@ -318,6 +350,31 @@ def tune_cuts(cfg: TrackingSettings, gnn: EdgeGNN, graphs: list[dict]) -> dict:
     mean = {b: {c: float(np.mean(v)) for c, v in r.items()} for b, r in res.items()}
     return {"edge_cut": max(mean["chain"], key=mean["chain"].get), "cc_cut": max(mean["cc"], key=mean["cc"].get),
             "cut_scores": {b: {str(c): v for c, v in m.items()} for b, m in mean.items()}}
+
+
+def road_inputs(it: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(xyz, surface, particle id, weight) of a prepared event, the input of :func:`apps.tracking.road.tune_road`."""
+    return (it["xyz"].numpy().astype(np.float64), np.asarray(it["surface"]), it["pid"].numpy(),
+            it["weight"].numpy().astype(np.float64))
+
+
+def tune_road_baseline(s: TrackingSettings, items: list[dict]) -> dict:
+    """Cuts of the road-following baseline with the best mean TrackML score on ``--road-tune-events`` training
+    events (the field of the settings, ``--bfield``, fixes its curvature bound)."""
+    from apps.tracking.road import RoadConfig, tune_road
+
+    best, scores = tune_road([road_inputs(it) for it in items[: s.road_tune_events]], RoadConfig(bfield=s.bfield))
+    return {"road": best.to_dict(), "road_scores": scores}
+
+
+def load_road(s: TrackingSettings, folder: Path):
+    """The tuned road-following cuts of a model folder; the defaults (with ``--bfield``) when it has none."""
+    from apps.tracking.road import RoadConfig
+
+    p = Path(folder) / "road.json"
+    if p.is_file():
+        return RoadConfig(**read_json(p, "road-following tuning")["road"])
+    return RoadConfig(bfield=s.bfield)
 
 
 def check_data(s: TrackingSettings) -> None:
@@ -355,8 +412,9 @@ def fit(run: Run) -> bool:
     root = model_dir(run)
     embed_pt, gnn_pt, db_json = root / "embed" / "embed.pt", root / "gnn" / "gnn.pt", root / "tuning.json"
     cl_pt, cl_json = root / "cluster" / "cluster.pt", root / "cluster" / "tuning.json"
+    road_json = root / "road.json"
     # every rank decides which stages are done before anything of this call is written
-    done = {p: p.is_file() for p in (embed_pt, gnn_pt, db_json, cl_pt, cl_json)}
+    done = {p: p.is_file() for p in (embed_pt, gnn_pt, db_json, cl_pt, cl_json, road_json)}
     if all(done.values()):
         run.log(f"models already trained in {root}")
         return True
@@ -380,6 +438,8 @@ def fit(run: Run) -> bool:
     if not done[db_json] and run.is_main:
         eps, scores = tune_dbscan(s, items)
         write_json(db_json, {**tune_cuts(s, gnn, graphs), "dbscan_eps": eps, "dbscan_scores": scores})
+    if not done[road_json] and run.is_main:
+        write_json(road_json, tune_road_baseline(s, items))
     if not (done[cl_pt] and done[cl_json]):
         inputs = [cluster_inputs(gnn, g) for g in graphs]
         if not done[cl_pt] and not _train_stage(run, "clusterer", ClusterModule(s), inputs, s.cluster_epochs,
