@@ -36,6 +36,16 @@ class SpeakerSettings(AppSettings):
     holdout_speakers: int = option(
         51, help="speakers of --data held back from training (drawn with --seed) and scored with trials between "
         "non-overlapping segments of their utterances; 0 = none", low=0)
+    val_speakers: int = option(
+        20, help="training speakers set aside (never trained on, drawn with --seed) for the validation EER every "
+        "--val-every epochs: the learning curve (val_curve.json / .png, EER by epoch) and, with --select-best, the "
+        "encoder kept; 0 = none", low=0)
+    val_every: int = option(1, help="epochs between two validation EERs (the last epoch is always validated)", low=1)
+    val_parts: int = option(4, help="equal non-overlapping pieces per validation utterance (trial sides: more pieces, "
+                                    "more target trials, a finer validation EER)", low=2)
+    select_best: bool = option(
+        True, help="keep the encoder of the lowest validation EER, the untrained start (epoch 0) included, rather "
+        "than the last epoch's (needs --val-speakers > 0)")
     test_data: str = option(
         "fsdd", help="unseen speakers the run's report scores (same formats as --data; 'fsdd' = the embedded Free "
         "Spoken Digit recordings; 'none' = the held-out speakers only)", model=False)
@@ -89,15 +99,37 @@ class SpeakerSettings(AppSettings):
     lr: float = option(1e-3, help="Adam learning rate (linear warm-up, cosine decay)", low=0, low_open=True)
     weight_decay: float = option(0.0, help="Adam weight decay", low=0)
     warmup_steps: int = option(20, help="learning-rate warm-up steps", low=0)
-    reverb_prob: float = option(0.5, help="probability of synthetic-RIR reverberation per crop", low=0, high=1)
-    noise_prob: float = option(0.8, help="probability of additive coloured noise (SNR 0-15 dB) or babble (13-20 dB) "
-                                         "per crop", low=0, high=1)
-    lowpass_prob: float = option(0.0, help="probability of band-limiting a crop to 3.4-4 kHz (telephone / 8 kHz "
-                                           "evaluation data)", low=0, high=1)
+    reverb_prob: float = option(0.5, help="probability of synthetic-RIR reverberation per crop (decaying-noise "
+                                          "impulse response, RT60 0.2-0.8 s)", low=0, high=1)
+    noise_prob: float = option(0.8, help="probability of additive coloured noise (SNR --snr-low-db to --snr-high-db) "
+                                         "or babble (13-20 dB) per crop", low=0, high=1)
+    snr_low_db: float = option(0.0, help="lowest SNR of the coloured noise (dB)")
+    snr_high_db: float = option(15.0, help="highest SNR of the coloured noise (dB)")
+    lowpass_prob: float = option(0.0, help="probability of a random low-pass per crop (cut-off drawn in "
+                                           "--lowpass-low-hz .. --lowpass-high-hz)", low=0, high=1)
+    lowpass_low_hz: float = option(3400.0, help="lowest cut-off of the random low-pass (Hz)", low=100, high=8000)
+    lowpass_high_hz: float = option(4000.0, help="highest cut-off of the random low-pass (Hz)", low=100, high=8000)
+    codec_prob: float = option(0.0, help="probability of a telephone-like codec per crop (300-3400 Hz band-pass, "
+                                         "8-bit mu-law)", low=0, high=1)
     n_trials: int = option(3000, help="target (and as many non-target) trials per generated trial list", low=1,
                            model=False)
-    segment_seconds: float = option(3.0, help="length of the non-overlapping segments of held-out utterances used as "
-                                              "trial sides", low=0, low_open=True, model=False)
+    segment_seconds: float = option(0.0, help="> 0: trial sides of the held-out (and validation) speakers are "
+                                              "non-overlapping segments of this length (up to 6 per utterance); 0: "
+                                              "each utterance cut into --heldout-parts equal pieces (full length)",
+                                    low=0, model=False)
+    heldout_parts: int = option(2, help="with --segment-seconds 0: equal non-overlapping pieces per held-out or "
+                                        "validation utterance (trial sides; every target pair is scored)", low=2,
+                                model=False)
+    crop_eval_seconds: float = option(3.0, help="> 0: also score every evaluation set with each item cut to its "
+                                                "middle this many seconds (sets '<name>_<L>s'; skipped where no item "
+                                                "is longer); 0 = full length only", low=0, model=False)
+    eval_noise_snr: float | None = option(
+        None, help="also score every evaluation set with noisier copies of its items (sets '<name>_snr<DB>'): "
+        "coloured noise at this SNR in dB (1/f^beta, beta ~ U[0, 2]) after a synthetic reverberation of half of "
+        "them, drawn with --seed; default: clean only", model=False)
+    asnorm_top: int = option(0, help="> 0: also score every encoder with AS-norm (rows '<loss>_asnorm'; the "
+                                     "headline then), the top-N cosine scores against a cohort of training-utterance "
+                                     "embeddings; 0 = cosine only", low=0, model=False)
     eval_max_seconds: float = option(20.0, help="evaluation utterances longer than this are cut to it (memory)",
                                      low=0, low_open=True, model=False)
     mfcc_coeffs: int = option(20, help="MFCC coefficients of the MFCC mean-and-std baseline (of 40 mel bins)", low=1,
@@ -105,8 +137,9 @@ class SpeakerSettings(AppSettings):
 
     @classmethod
     def quick(cls) -> SpeakerSettings:
-        """8 epochs on the embedded LibriSpeech crops: about a minute on 2 CPU cores."""
-        return cls(epochs=8, warmup_steps=5, n_trials=1500, segment_seconds=1.6)
+        """20 epochs on the embedded LibriSpeech crops, validated every 2, scored clean and at 5 dB SNR: a few
+        minutes on a shared CPU thread."""
+        return cls(epochs=20, val_every=2, warmup_steps=5, n_trials=1500, heldout_parts=3, eval_noise_snr=5.0)
 
     def check(self) -> None:
         if not self.data:
@@ -126,6 +159,12 @@ class SpeakerSettings(AppSettings):
                 raise InputError(f"queue_size > 0 (MoCo) needs a non-symmetric loss, got {loss!r}")
         if self.encoder == "ecapa" and self.width % 4:
             raise InputError(f"ecapa width (channels) must be divisible by 4, got {self.width}")
+        for name, lo, hi in (("snr", self.snr_low_db, self.snr_high_db),
+                             ("lowpass", self.lowpass_low_hz, self.lowpass_high_hz)):
+            if lo > hi:
+                raise InputError(f"--{name}-low-* ({lo:g}) must not exceed --{name}-high-* ({hi:g})")
+        if self.select_best and not self.val_speakers:
+            self.select_best = False  # nothing to select on: the last epoch's encoder is kept
         if self.trials is not None and not Path(self.trials).is_file():
             raise InputError(f"trial list {self.trials} does not exist")
 

@@ -37,7 +37,7 @@ from core.app import InputError, write_text
 __all__ = [
     "SAMPLE_RATE", "AUDIO_EXTENSIONS", "SHARED", "ALIASES", "Utterance", "Collection",
     "resolve_path", "load_collection", "read_audio", "split_speakers", "Trials", "read_trials", "write_trials",
-    "balanced_trials", "Segment", "make_segments", "segment_trials",
+    "balanced_trials", "Segment", "make_segments", "make_parts", "segment_trials", "pair_trials", "centre_crop",
 ]
 
 SAMPLE_RATE = 16000
@@ -290,6 +290,47 @@ def make_segments(col: Collection, seconds: float, max_per_utt: int = 6) -> list
             start, stop = (j * n, (j + 1) * n) if len(a) >= n else (0, len(a))
             segs.append(Segment(i, start, stop, u.speaker, f"{u.key}@{start / SAMPLE_RATE:g}-{stop / SAMPLE_RATE:g}"))
     return segs
+
+
+def make_parts(col: Collection, parts: int) -> list[Segment]:
+    """Every utterance cut into ``parts`` equal, non-overlapping, contiguous pieces (the whole utterance shared out:
+    the longest same-session trial sides it allows); an utterance with fewer than ``parts`` samples gives one."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    segs = []
+    for i, (u, a) in enumerate(zip(col.utterances, col.audio, strict=True)):
+        k = min(parts, len(a))
+        n = len(a) // k
+        for j in range(k):
+            start, stop = j * n, (j + 1) * n
+            segs.append(Segment(i, start, stop, u.speaker, f"{u.key}@{start / SAMPLE_RATE:g}-{stop / SAMPLE_RATE:g}"))
+    return segs
+
+
+def centre_crop(wave: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` samples in the middle of ``wave`` (all of it when it is not longer)."""
+    if len(wave) <= n:
+        return wave
+    a = (len(wave) - n) // 2
+    return wave[a: a + n]
+
+
+def pair_trials(speakers: list[str], keys: list[str], max_nontarget: int, seed: int) -> Trials:
+    """Every target pair of distinct items (same speaker), and every non-target pair, or ``max_nontarget`` of them
+    drawn without repetition (seeded) when there are more."""
+    spk = np.asarray(speakers)
+    iu = np.triu_indices(len(spk), k=1)
+    is_target = spk[iu[0]] == spk[iu[1]]
+    pos, neg = np.flatnonzero(is_target), np.flatnonzero(~is_target)
+    if len(pos) == 0:
+        raise InputError("no two items share a speaker: cannot build target trials")
+    if len(neg) == 0:
+        raise InputError("a single speaker: cannot build non-target trials")
+    rng = np.random.default_rng(seed)
+    if len(neg) > max_nontarget:
+        neg = np.sort(rng.choice(neg, max_nontarget, replace=False))
+    chosen = np.concatenate([pos, neg])
+    return Trials(is_target[chosen].astype(int), iu[0][chosen], iu[1][chosen], keys)
 
 
 def segment_trials(segs: list[Segment], n_per_class: int, seed: int) -> Trials:

@@ -8,8 +8,15 @@ similarity for
 
 * the trained encoder of each loss of ``--losses``;
 * ``untrained``: the same architecture at its random initialisation (same seed);
-* ``mfcc``: MFCC mean-and-standard-deviation vectors (same mel band as the encoder), standardised with the training
-  utterances' statistics (so this baseline moves a little with the training set, see the report's notes).
+* ``mfcc``: MFCC mean-and-standard-deviation vectors (same mel band as the encoder), standardised per dimension
+  with the statistics of the evaluated items themselves (unsupervised: no labels), so that it does not depend on
+  the training data;
+* with ``--asnorm-top N``, also ``<loss>_asnorm``: the encoder's cosine scores after AS-norm against a cohort of
+  training-utterance embeddings (:func:`apps.speaker.metrics.as_norm`).
+
+With ``--crop-eval-seconds L`` (default 3) every set is also scored with each item cut to its middle L seconds (the
+set ``<name>_<L>s``; skipped when no item is longer than L). The report's headline method
+(``report.headline``) is the first loss of ``--losses`` (its ``_asnorm`` row with ``--asnorm-top``).
 """
 
 from __future__ import annotations
@@ -28,15 +35,14 @@ from apps.speaker.data import (
     SAMPLE_RATE,
     Trials,
     balanced_trials,
+    centre_crop,
     load_collection,
-    make_segments,
     read_trials,
-    segment_trials,
     write_trials,
 )
-from apps.speaker.metrics import cosine_scores, error_rates, verification_metrics
+from apps.speaker.metrics import as_norm, cosine_scores, error_rates, verification_metrics
 from apps.speaker.model import build_encoder
-from apps.speaker.train import Experiment, crop, load_encoder
+from apps.speaker.train import Experiment, crop, load_encoder, plot_val_curves, trial_items
 from core.app import InputError, Report, Run, is_main_process, read_json
 from core.app.files import save_figure
 
@@ -87,18 +93,51 @@ def eval_sets(s: SpeakerSettings, exp: Experiment) -> list[EvalSet]:
     if s.test_data.lower() != "none":
         sets.append(_labelled_set(s, s.test_data, s.test_speaker_pattern))
     if exp.heldout is not None:
-        segs = make_segments(exp.heldout, s.segment_seconds)
-        trials = segment_trials(segs, s.n_trials, s.seed)
+        waves, trials, how = trial_items(s, exp.heldout, s.seed)
         sets.append(EvalSet("heldout", f"{len(exp.heldout.speakers)} {exp.dataset} speakers held out of training: "
-                            f"{len(segs)} non-overlapping {s.segment_seconds:g}-s segments, balanced trials "
-                            f"(seed {s.seed})",
-                            [exp.heldout.audio[g.utt][g.start:g.stop] for g in segs], trials,
-                            len(exp.heldout.speakers)))
+                            + how, waves, trials, len(exp.heldout.speakers)))
     if not sets:
         raise InputError("nothing to evaluate: --test-data none and --holdout-speakers 0")
     if len({es.name for es in sets}) < len(sets):
         raise InputError(f"--test-data is named {sets[0].name!r} like the held-out set; rename its folder")
-    return sets
+    if s.eval_noise_snr is not None:
+        sets = sets + noisy_sets(sets, s.eval_noise_snr, s.seed)
+    return sets + cropped_sets(sets, s.crop_eval_seconds)
+
+
+def noisy_sets(sets: list[EvalSet], snr_db: float, seed: int) -> list[EvalSet]:
+    """Every set with its items made noisier (same trials): a synthetic reverberation (RT60 ~ U[0.2, 0.8] s) of
+    every other item on average, then coloured noise at ``snr_db`` (drawn from a generator seeded with ``seed``)."""
+    from apps.speaker.features import add_noise, coloured_noise, synthetic_rir
+
+    g = torch.Generator().manual_seed(seed + 104729)
+    out = []
+    for es in sets:
+        waves = []
+        for w in es.waves:
+            x = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))[None]
+            if float(torch.rand((), generator=g)) < 0.5:
+                rir = synthetic_rir(1, rt60=0.2 + 0.6 * torch.rand(1, generator=g), length=int(0.4 * SAMPLE_RATE),
+                                    generator=g)
+                x = torchaudio.functional.fftconvolve(x, rir)[:, : x.shape[1]]
+            noise = coloured_noise(tuple(x.shape), 2 * torch.rand(1, generator=g), generator=g)
+            waves.append(add_noise(x, noise, torch.tensor([float(snr_db)]))[0].numpy().astype(np.float32))
+        out.append(EvalSet(f"{es.name}_snr{snr_db:g}", f"{es.name} with coloured noise at {snr_db:g} dB SNR after "
+                           "a synthetic reverberation of half of the items", waves, es.trials, es.n_speakers))
+    return out
+
+
+def cropped_sets(sets: list[EvalSet], seconds: float) -> list[EvalSet]:
+    """Every set with an item longer than ``seconds``, its items cut to their middle ``seconds`` (same trials)."""
+    if seconds <= 0:
+        return []
+    n = int(round(seconds * SAMPLE_RATE))
+    out = []
+    for es in sets:
+        if max(len(w) for w in es.waves) > n:
+            out.append(EvalSet(f"{es.name}_{seconds:g}s", f"{es.name} with every item cut to its middle {seconds:g} s",
+                               [centre_crop(w, n) for w in es.waves], es.trials, es.n_speakers))
+    return out
 
 
 @torch.inference_mode()
@@ -122,15 +161,14 @@ def embed_waves(encoder: torch.nn.Module, waves: list[np.ndarray], progress: boo
 
 class MFCCStats:
     """MFCC (``n_mfcc`` coefficients of 40 log-mel bins, 25 ms / 10 ms) mean and standard deviation over time,
-    standardised per dimension with the statistics of the training utterances."""
+    standardised per dimension with the mean and standard deviation over the items given (the evaluated set
+    itself: no training data, no labels)."""
 
-    def __init__(self, n_mfcc: int, train_waves: list[np.ndarray], f_max: float = 8000.0) -> None:
+    def __init__(self, n_mfcc: int, f_max: float = 8000.0) -> None:
         self.mfcc = torchaudio.transforms.MFCC(
             sample_rate=SAMPLE_RATE, n_mfcc=n_mfcc,
             melkwargs=dict(n_fft=512, win_length=400, hop_length=160, n_mels=40, f_min=20.0, f_max=f_max,
                            window_fn=torch.hamming_window))
-        raw = self.raw(train_waves)
-        self.mu, self.sd = raw.mean(0), raw.std(0) + 1e-8
 
     @torch.inference_mode()
     def raw(self, waves: list[np.ndarray]) -> np.ndarray:
@@ -141,7 +179,8 @@ class MFCCStats:
         return np.stack(out).astype(np.float64)
 
     def __call__(self, waves: list[np.ndarray]) -> np.ndarray:
-        return (self.raw(waves) - self.mu) / self.sd
+        raw = self.raw(waves)
+        return (raw - raw.mean(0)) / (raw.std(0) + 1e-8)
 
 
 def _plots(folder: Path, scores: dict[str, dict[str, np.ndarray]], sets: list[EvalSet],
@@ -215,6 +254,12 @@ def _device(run: Run) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
 
+def _method_name(m: str) -> str:
+    if m.endswith("_asnorm"):
+        return METHOD_NAMES.get(m[: -len("_asnorm")], m[: -len("_asnorm")]) + ", AS-norm"
+    return METHOD_NAMES.get(m, m)
+
+
 def evaluate_encoders(run: Run, exp: Experiment, sets: list[EvalSet], log: Callable[[str], None]) -> Report:
     """Score ``sets`` with the trained encoder of every loss and the baselines; write the report, plots and trial
     lists to ``run.report_dir`` (``--eval-data``) or the run directory. Every rank scores, rank 0 writes."""
@@ -226,55 +271,88 @@ def evaluate_encoders(run: Run, exp: Experiment, sets: list[EvalSet], log: Calla
     torch.manual_seed(s.seed)
     untrained = build_encoder(s.encoder_spec()).eval().to(device)
     cap = int(s.eval_max_seconds * SAMPLE_RATE)
-    mfcc = MFCCStats(s.mfcc_coeffs, [a[:cap] for a in exp.train.audio], s.f_max)
+    mfcc = MFCCStats(s.mfcc_coeffs, s.f_max)
     embedders: dict[str, Callable[[list[np.ndarray], str], np.ndarray]] = {
         loss: (lambda w, n, e=enc, m=loss: embed_waves(e, w, progress, f"{n}: {m}")) for loss, enc in
         encoders.items()}
     embedders["untrained"] = lambda w, n: embed_waves(untrained, w, progress, f"{n}: untrained")
     embedders["mfcc"] = lambda w, n: mfcc(w)
+    cohort_waves = [a[:cap] for a in exp.train.audio]
+    cohorts: dict[tuple[str, int], np.ndarray] = {}  # (loss, crop samples or 0) -> cohort embeddings
+
+    def cohort(loss: str, es: EvalSet) -> np.ndarray:
+        longest = max(len(w) for w in es.waves)  # cohort items no longer than the set's (the cropped sets' length)
+        key = (loss, longest if longest < cap else 0)
+        if key not in cohorts:
+            waves = [centre_crop(w, longest) for w in cohort_waves] if key[1] else cohort_waves
+            cohorts[key] = embed_waves(encoders[loss], waves, progress, f"cohort: {loss}")
+        return cohorts[key]
+
+    asnorm = [f"{loss}_asnorm" for loss in s.losses] if s.asnorm_top else []
+    methods = [*s.losses, *asnorm, *BASELINES]
     report = run.report("eer", higher_is_better=False, title="Speaker verification")
     scores: dict[str, dict[str, np.ndarray]] = {}
-    eers: dict[str, dict[str, float]] = {m: {} for m in embedders}
+    eers: dict[str, dict[str, float]] = {m: {} for m in methods}
     for es in sets:
         scores[es.name] = {}
         for m, fn in embedders.items():
             emb = fn(es.waves, es.name)
             if not np.isfinite(emb).all():
                 raise InputError(f"{m}: non-finite embeddings on {es.name} (a diverged encoder?)")
-            sc = cosine_scores(emb, es.trials.enroll, es.trials.test)
-            scores[es.name][m] = sc
-            r = verification_metrics(sc, es.trials.labels)
+            scores[es.name][m] = cosine_scores(emb, es.trials.enroll, es.trials.test)
+            if s.asnorm_top and m in encoders:
+                scores[es.name][f"{m}_asnorm"] = as_norm(emb, cohort(m, es), es.trials.enroll, es.trials.test,
+                                                         s.asnorm_top)
+        for m in methods:
+            r = verification_metrics(scores[es.name][m], es.trials.labels)
             eers[m][es.name] = r["eer"]
             report.add(m, {k: r[k] for k in METRICS}, seed=s.seed, dataset=es.name, baseline=m in BASELINES)
-        log(f"{es.name}: " + ", ".join(f"{m} EER {eers[m][es.name]:.2%}" for m in embedders))
-    relative = {loss: {es.name: 1 - eers[loss][es.name] / max(eers["mfcc"][es.name], 1e-12) for es in sets}
-                for loss in s.losses}
-    train = {}
+        log(f"{es.name}: " + ", ".join(f"{m} EER {eers[m][es.name]:.2%}" for m in methods))
+    trained = [*s.losses, *asnorm]
+    relative = {m: {es.name: 1 - eers[m][es.name] / max(eers["mfcc"][es.name], 1e-12) for es in sets}
+                for m in trained}
+    train, curves = {}, {}
     for loss in s.losses:
-        path = run.run_dir.method_dir(loss) / "train_stats.json"
-        train[loss] = read_json(path, "training statistics") if path.is_file() else None
+        root = run.run_dir.method_dir(loss)
+        train[loss] = read_json(root / "train_stats.json", "training statistics") \
+            if (root / "train_stats.json").is_file() else None
+        if (root / "val_curve.json").is_file():
+            curves[loss] = read_json(root / "val_curve.json", "validation curve")
     report.notes += [f"{es.name}: {es.description}; {len(es.trials.labels)} trials (trials_{es.name}.txt)"
                      for es in sets]
     report.notes.append("cosine scoring; EER interpolated on the ROC; minDCF normalised (C_miss = C_fa = 1) at "
                         "p_target 0.01 and 0.05")
-    report.notes += [f"relative EER reduction of {loss} ({METHOD_NAMES[loss]}) vs the MFCC baseline: "
-                     + ", ".join(f"{v:+.1%} on {k}" for k, v in relative[loss].items()) for loss in s.losses]
+    if asnorm:
+        report.notes.append(f"AS-norm: top {s.asnorm_top} cosine scores against a cohort of the "
+                            f"{len(cohort_waves)} training utterances (cut like the scored items)")
+    report.notes += [f"relative EER reduction of {m} ({_method_name(m)}) vs the MFCC baseline: "
+                     + ", ".join(f"{v:+.1%} on {k}" for k, v in relative[m].items()) for m in trained]
     for loss, tr in train.items():
         if tr:
-            report.notes.append(f"{loss} training: {tr.get('epochs')} epochs, "
+            data = (f"{tr['train_utterances']} utterances of {tr['train_speakers']} speakers, "
+                    f"{tr['train_hours']:.2f} h; " if "train_hours" in tr else "")
+            picked = (f"; kept epoch {tr['best_epoch']} (best validation EER {tr['best_val_eer']:.2%} on "
+                      f"{tr['val_speakers']} validation speakers)" if tr.get("selected") == "best_validated" else "")
+            report.notes.append(f"{loss} training: {data}{tr.get('epochs')} epochs in "
+                                f"{tr.get('seconds_last_attempt', float('nan')):.0f} s (last attempt), "
                                 f"{tr.get('utterances_per_second', float('nan')):.1f} utterances/s "
                                 f"({tr.get('device')}, {tr.get('devices', 1)} device(s), {tr.get('threads')} "
-                                "thread(s) per process)")
-    report.notes.append("the MFCC baseline is standardised with the statistics of the training utterances, so it "
-                        "moves a little with --data and the held-out split (--seed)")
+                                f"thread(s) per process){picked}")
+    report.notes.append("the MFCC baseline is standardised with the mean and standard deviation of the scored items "
+                        "themselves (no labels, no training data)")
     report.extra = {"eval_sets": {es.name: {"description": es.description, "n_items": len(es.waves),
                                             "n_speakers": es.n_speakers, "n_trials": len(es.trials.labels),
+                                            "n_target": int(es.trials.labels.sum()),
                                             "trials_file": f"trials_{es.name}.txt"} for es in sets},
-                    "relative_eer_reduction_vs_mfcc": relative, "train": train,
-                    "method_names": {m: METHOD_NAMES.get(m, m) for m in embedders}}
+                    "relative_eer_reduction_vs_mfcc": relative, "train": train, "val_curves": curves,
+                    "method_names": {m: _method_name(m) for m in methods}}
+    report.headline = f"{s.losses[0]}_asnorm" if asnorm else s.losses[0]
     if run.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        report.plots = _plots(folder, scores, sets, list(s.losses))
+        report.plots = _plots(folder, scores, sets, trained)
+        if curves:
+            plot_val_curves(curves, folder / "learning_curve.png")
+            report.plots.append("learning_curve.png")
         for es in sets:
             write_trials(es.trials, folder / f"trials_{es.name}.txt")
     run.write_report(report, folder)

@@ -19,8 +19,11 @@ applied to a sample with its own probability, with MUSAN / RIR replaced by synth
   :math:`1/f^{\beta}` power spectrum, :math:`\beta \sim U[0, 2]`; SNR ~ U[0, 15] dB, MUSAN-noise's range) or
   *babble* (the sum of 3-6 other utterances of the batch; SNR ~ U[13, 20] dB, MUSAN-speech's range). The noise is
   scaled by :math:`\sqrt{10^{(P_x - P_n - \mathrm{SNR})/10}}` with :math:`P = 10 \log_{10}(\overline{x^2} + 10^{-4})`;
-* **band limitation** (an addition for telephone-band evaluation data such as the 8 kHz FSDD): the spectrum above
-  a cut-off ~ U[3.4, 4] kHz is zeroed.
+* **band limitation** (a random low-pass; an addition for band-limited evaluation data such as the 8 kHz FSDD):
+  the spectrum above a cut-off ~ U[``lowpass_hz``] (default 3.4-4 kHz) is zeroed;
+* **codec** (telephone-like channel): band-pass 300-3400 Hz, then 8-bit mu-law companding (G.711's
+  :math:`y = \mathrm{sign}(x) \ln(1 + \mu |x|) / \ln(1 + \mu)`, :math:`\mu = 255`, of the peak-normalised
+  signal, rounded to 256 levels and expanded back).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from torch import Tensor, nn
 
 from apps.speaker.data import SAMPLE_RATE
 
-__all__ = ["LogMel", "WaveAugment", "synthetic_rir", "coloured_noise", "add_noise", "STD_FLOOR"]
+__all__ = ["LogMel", "WaveAugment", "synthetic_rir", "coloured_noise", "add_noise", "mu_law_codec", "band_limit",
+           "STD_FLOOR"]
 
 STD_FLOOR = 0.1  # in log-mel units; speech bands vary by ~1-3 over an utterance
 
@@ -94,24 +98,51 @@ def add_noise(x: Tensor, noise: Tensor, snr_db: Tensor) -> Tensor:
     return x + scale[:, None] * noise
 
 
+def band_limit(x: Tensor, low_hz: Tensor | float, high_hz: Tensor) -> Tensor:
+    """(B, T) signals with every FFT bin outside [low_hz, high_hz] (per row) zeroed."""
+    B, T = x.shape
+    spec = torch.fft.rfft(x, dim=1)
+    freqs = torch.fft.rfftfreq(T, 1 / SAMPLE_RATE).to(x.device)
+    low = torch.as_tensor(low_hz, device=x.device, dtype=torch.float32).expand(B)
+    keep = (freqs[None, :] <= high_hz[:, None]) & (freqs[None, :] >= low[:, None])
+    return torch.fft.irfft(spec * keep, n=T, dim=1)
+
+
+def mu_law_codec(x: Tensor, mu: float = 255.0) -> Tensor:
+    """8-bit mu-law quantisation of each row (peak-normalised, companded, rounded to 256 levels, expanded and
+    scaled back)."""
+    peak = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)
+    y = x / peak
+    c = torch.sign(y) * torch.log1p(mu * y.abs()) / math.log1p(mu)
+    c = torch.round((c + 1) * 127.5) / 127.5 - 1
+    return torch.sign(c) * (torch.pow(1 + mu, c.abs()) - 1) / mu * peak
+
+
 class WaveAugment(nn.Module):
     """Random reverberation, additive noise and band limitation of a (B, T) batch (see the module docstring).
 
     Args:
-        reverb_prob, noise_prob, lowpass_prob: per-sample probabilities of each transform.
+        reverb_prob, noise_prob, lowpass_prob, codec_prob: per-sample probabilities of each transform.
         babble_share: share of the noisy samples that get babble rather than coloured noise.
         rir_seconds: length of the synthetic impulse responses.
+        snr_db: range of the coloured-noise SNR (dB).
+        lowpass_hz: range of the random low-pass cut-off (Hz).
     """
 
     def __init__(self, reverb_prob: float = 0.5, noise_prob: float = 0.8, lowpass_prob: float = 0.25,
-                 babble_share: float = 0.33, rir_seconds: float = 0.4) -> None:
+                 babble_share: float = 0.33, rir_seconds: float = 0.4, codec_prob: float = 0.0,
+                 snr_db: tuple[float, float] = (0.0, 15.0), lowpass_hz: tuple[float, float] = (3400.0, 4000.0)) -> None:
         super().__init__()
         for name, p in (("reverb_prob", reverb_prob), ("noise_prob", noise_prob), ("lowpass_prob", lowpass_prob),
-                        ("babble_share", babble_share)):
+                        ("babble_share", babble_share), ("codec_prob", codec_prob)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
+        for name, (lo, hi) in (("snr_db", snr_db), ("lowpass_hz", lowpass_hz)):
+            if not lo <= hi:
+                raise ValueError(f"{name} must be a range (low <= high), got {(lo, hi)}")
         self.reverb_prob, self.noise_prob, self.lowpass_prob = reverb_prob, noise_prob, lowpass_prob
         self.babble_share, self.rir_len = babble_share, int(rir_seconds * SAMPLE_RATE)
+        self.codec_prob, self.snr_db, self.lowpass_hz = codec_prob, tuple(snr_db), tuple(lowpass_hz)
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
@@ -130,7 +161,8 @@ class WaveAugment(nn.Module):
             if colour.any():
                 n = int(colour.sum())
                 noise = coloured_noise((n, T), 2 * torch.rand(n, device=dev))
-                out[colour] = add_noise(out[colour], noise, 15 * torch.rand(n, device=dev))
+                lo, hi = self.snr_db
+                out[colour] = add_noise(out[colour], noise, lo + (hi - lo) * torch.rand(n, device=dev))
             if babble.any():
                 n_talkers = int(torch.randint(3, 7, ()).item())
                 mix = torch.zeros_like(x)
@@ -140,11 +172,13 @@ class WaveAugment(nn.Module):
                 out[babble] = add_noise(out[babble], mix[babble], 13 + 7 * torch.rand(n, device=dev))
         pick = torch.rand(B, device=dev) < self.lowpass_prob
         if pick.any():
-            spec = torch.fft.rfft(out[pick], dim=1)
-            freqs = torch.fft.rfftfreq(T, 1 / SAMPLE_RATE).to(dev)
-            cutoff = 3400 + 600 * torch.rand(int(pick.sum()), device=dev)
-            spec = spec * (freqs[None, :] <= cutoff[:, None])
-            out[pick] = torch.fft.irfft(spec, n=T, dim=1)
+            lo, hi = self.lowpass_hz
+            out[pick] = band_limit(out[pick], 0.0, lo + (hi - lo) * torch.rand(int(pick.sum()), device=dev))
+        if self.codec_prob > 0:  # drawn only when on, so that the other transforms' draws stay as they were
+            pick = torch.rand(B, device=dev) < self.codec_prob
+            if pick.any():
+                n = int(pick.sum())
+                out[pick] = mu_law_codec(band_limit(out[pick], 300.0, torch.full((n,), 3400.0, device=dev)))
         return out
 
 

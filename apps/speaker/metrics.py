@@ -20,6 +20,12 @@ evaluated at every distinct score and at :math:`+\infty` (reject all).
         {\min(C_\text{miss} P_\text{tar}, C_\text{fa} (1 - P_\text{tar}))}
 
 so 1.0 is the cost of the best trivial system (accept all or reject all).
+
+* **AS-norm** (adaptive symmetric score normalisation, Matejka et al. 2017): with :math:`S_e` the top-N cosine
+  scores of the enrolment side against a cohort (embeddings of training utterances), :math:`S_t` the test side's,
+
+.. math::
+    s' = \tfrac12 \left(\frac{s - \mu(S_e)}{\sigma(S_e)} + \frac{s - \mu(S_t)}{\sigma(S_t)}\right)
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["error_rates", "eer", "min_dcf", "verification_metrics", "cosine_scores"]
+__all__ = ["error_rates", "eer", "min_dcf", "verification_metrics", "cosine_scores", "as_norm"]
 
 
 def _check(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -93,3 +99,22 @@ def cosine_scores(emb: np.ndarray, enroll: np.ndarray, test: np.ndarray) -> np.n
     e = np.asarray(emb, dtype=np.float64)
     e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
     return np.einsum("ij,ij->i", e[enroll], e[test])
+
+
+def as_norm(emb: np.ndarray, cohort: np.ndarray, enroll: np.ndarray, test: np.ndarray, top_n: int) -> np.ndarray:
+    """AS-norm of the cosine scores of the trials ``(enroll[i], test[i])`` (see the module docstring): each side
+    normalised by the mean and standard deviation of its ``top_n`` highest cosine scores against the ``cohort`` rows
+    (all of them when the cohort is smaller)."""
+    if top_n < 1:
+        raise ValueError(f"top_n must be >= 1, got {top_n}")
+    e = np.asarray(emb, dtype=np.float64)
+    c = np.asarray(cohort, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] != e.shape[1] or len(c) < 2:
+        raise ValueError(f"the cohort must be (>= 2, {e.shape[1]}) embeddings, got shape {c.shape}")
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    k = min(top_n, len(c))
+    top = -np.sort(-(e @ c.T), axis=1)[:, :k]  # (N, k) highest cohort scores of every item
+    mu, sd = top.mean(1), np.maximum(top.std(1), 1e-8)
+    s = np.einsum("ij,ij->i", e[enroll], e[test])
+    return 0.5 * ((s - mu[enroll]) / sd[enroll] + (s - mu[test]) / sd[test])

@@ -23,7 +23,8 @@ def speaker_tour(out_dir: Path, quick: bool) -> list[dict]:
     seconds = time.perf_counter() - t0
     report = read_json(Path(out_dir) / "report.json", "speaker report")
     eer = {(r["method"], r["dataset"]): r["metrics"]["eer"] for r in report["rows"]}
-    method = next(r["method"] for r in report["rows"] if r["method"] not in report["baselines"])
+    method = report.get("headline") or next(r["method"] for r in report["rows"]
+                                            if r["method"] not in report["baselines"])
     plots = [str(Path(out_dir) / p) for p in report["plots"]]
     rows = []
     for i, (name, info) in enumerate(report["extra"]["eval_sets"].items()):

@@ -47,6 +47,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _args(data: tuple[Path, Path], run: Path, *extra: str) -> list[str]:
     return ["--data", str(data[0]), "--test-data", str(data[1]), "--run-dir", str(run), "--encoder", "ecapa",
             "--width", "8", "--embed-dim", "8", "--epochs", "1", "--batch-size", "4", "--holdout-speakers", "2",
+            "--val-speakers", "2",
             "--n-trials", "15", "--segment-seconds", "1.0", "--crop-seconds", "1.0", "--threads", "1",
             "--no-progress", "--losses", "aam_sym", *extra]
 
@@ -72,9 +73,31 @@ def test_run_report_other_data_resume_and_embed(data: tuple[Path, Path], tmp_pat
     for f in ("report.md", "det.png", "score_histograms.png", "trials_eval.txt", "trials_heldout.txt",
               "settings.json"):
         assert (run / f).is_file(), f
-    assert set(rep["plots"]) == {"det.png", "score_histograms.png"}
-    for f in ("encoder.pt", "checkpoints/last.ckpt", "train_stats.json"):
+    assert set(rep["plots"]) == {"det.png", "score_histograms.png", "learning_curve.png"}
+    assert rep["headline"] == "aam_sym" and (run / "learning_curve.png").is_file()
+    for f in ("encoder.pt", "checkpoints/last.ckpt", "train_stats.json", "val_curve.json", "val_curve.png",
+              "best_encoder.pt"):
         assert (root / f).is_file(), f
+    # the validation curve: the untrained start (epoch 0) and the one epoch; the encoder kept is the best one
+    curve = json.loads((root / "val_curve.json").read_text())
+    assert curve["epoch"] == [0, 1] and curve["best_eer"] == min(curve["eer"])
+    assert curve["n_target"] == 2 * 6  # 2 validation speakers x 4 pieces: C(4, 2) target pairs each
+    stats = json.loads((root / "train_stats.json").read_text())
+    assert stats["best_epoch"] == curve["epoch"][curve["eer"].index(curve["best_eer"])]
+    assert stats["train_speakers"] == 6 and stats["val_speakers"] == 2 and stats["selected"] == "best_validated"
+    best, kept = load_torch(root / "best_encoder.pt")["state_dict"], load_torch(root / "encoder.pt")["state_dict"]
+    assert all(np.array_equal(best[k].numpy(), kept[k].numpy()) for k in best)
+    # 3-s crops, noisy copies and AS-norm: more sets and rows; the headline becomes the AS-norm row
+    assert main(["evaluate", *_args(data, run, "--crop-eval-seconds", "0.5", "--eval-noise-snr", "5",
+                                    "--asnorm-top", "3")]) == 0
+    rep4 = json.loads((run / "report.json").read_text())
+    e4 = _eers(rep4)
+    sets = {"eval", "heldout", "eval_snr5", "heldout_snr5", "eval_0.5s", "heldout_0.5s", "eval_snr5_0.5s",
+            "heldout_snr5_0.5s"}
+    assert {d for _, d in e4} == sets and rep4["headline"] == "aam_sym_asnorm"
+    assert {m for m, _ in e4} == {"aam_sym", "aam_sym_asnorm", "mfcc", "untrained"}
+    assert e4[("aam_sym", "heldout")] == pytest.approx(eers[("aam_sym", "heldout")])  # the clean sets are unchanged
+    assert e4[("mfcc", "eval")] == pytest.approx(eers[("mfcc", "eval")])
     # the generated trial list is valid for --trials: evaluating with it reproduces the metrics exactly
     assert main(["evaluate", *_args(data, run, "--trials", str(run / "trials_eval.txt"))]) == 0
     rep2 = json.loads((run / "report.json").read_text())
@@ -128,7 +151,7 @@ def test_interrupted_fit_resumes_exactly(data: tuple[Path, Path], tmp_path: Path
     import shutil
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert main(["fit", *_args(data, whole, "--epochs", "3")]) == 0
+    assert main(["fit", *_args(data, whole, "--epochs", "3", "--no-select-best")]) == 0
     steps = json.loads((whole / "aam_sym" / "seed0" / "train_stats.json").read_text())["global_step"]
     shutil.copytree(whole, cut)
     root = cut / "aam_sym" / "seed0"
@@ -137,7 +160,10 @@ def test_interrupted_fit_resumes_exactly(data: tuple[Path, Path], tmp_path: Path
     for ckpt in (root / "checkpoints").glob("*.ckpt"):
         if not ckpt.name.startswith("epoch=0-"):
             ckpt.unlink()
-    assert main(["fit", *_args(data, cut, "--epochs", "3")]) == 0
+    assert main(["fit", *_args(data, cut, "--epochs", "3", "--no-select-best")]) == 0
+    # the validation curve continued where the checkpoint left it, with the uninterrupted fit's values
+    assert json.loads((root / "val_curve.json").read_text()) == json.loads(
+        (whole / "aam_sym" / "seed0" / "val_curve.json").read_text())
     stats = json.loads((root / "train_stats.json").read_text())
     assert stats["global_step"] == steps  # counted over the whole run
     assert stats["steps_last_attempt"] == steps * 2 // 3 and stats["utterances_per_second"] > 0
@@ -150,6 +176,8 @@ def test_interrupted_fit_resumes_exactly(data: tuple[Path, Path], tmp_path: Path
     (["--data", "/nonexistent/path"], "does not exist"),
     (["--lr", "nan"], "lr must be finite"),
     (["--holdout-speakers", "9"], "leaves fewer than 2"),
+    (["--val-speakers", "7"], "val_speakers=7 leaves fewer than 2"),
+    (["--snr-low-db", "9", "--snr-high-db", "3"], "must not exceed"),
     (["--batch-size", "1"], "batch_size must be >= 2"),
     (["--losses", "simclr_sym", "--queue-size", "16"], "needs a non-symmetric loss"),
     (["--losses", "triplet"], "losses must be one of"),
@@ -209,7 +237,7 @@ def _settings(*argv: str) -> SpeakerSettings:
 
 def test_quick_preset_yaml_layering_and_losses(tmp_path: Path) -> None:
     q = _settings("--quick")
-    assert q.seed == 0 and q.epochs == 8 and q.run_dir == "runs/speaker_quick" and q.losses == ["am_sym"]
+    assert q.seed == 0 and q.epochs == 20 and q.run_dir == "runs/speaker_quick" and q.losses == ["am_sym"]
     y = tmp_path / "c.yaml"
     y.write_text("epochs: 3\nlosses: [am]\n")
     s = _settings("--quick", "--config", str(y), "--epochs", "4")
@@ -274,7 +302,7 @@ def test_cpc_pretraining_and_moco_queue(data: tuple[Path, Path], tmp_path: Path)
     from apps.speaker.train import load_encoder
 
     run = tmp_path / "run"
-    args = _args(data, run, "--cpc-epochs", "1", "--cpc-steps", "2", "--queue-size", "8")
+    args = _args(data, run, "--cpc-epochs", "1", "--cpc-steps", "2", "--queue-size", "8", "--no-select-best")
     args[args.index("--losses") + 1] = "am"
     assert main(["fit", *args]) == 0
     root = run / "am" / "seed0"
@@ -292,10 +320,11 @@ def test_two_process_run_writes_one_report(data: tuple[Path, Path], tmp_path: Pa
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "apps.speaker", "run", *_args(data, run), "--accelerator", "cpu", "--devices", "2",
-           "--strategy", "ddp"]
+           "--strategy", "ddp", "--batch-size", "3"]  # 6 training utterances: one batch of 3 per device
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rep = json.loads((run / "report.json").read_text())
     assert len(rep["rows"]) == 6
     stats = json.loads((run / "aam_sym" / "seed0" / "train_stats.json").read_text())
-    assert stats["devices"] == 2
+    assert stats["devices"] == 2 and stats["selected"] == "best_validated"
+    assert json.loads((run / "aam_sym" / "seed0" / "val_curve.json").read_text())["epoch"] == [0, 1]

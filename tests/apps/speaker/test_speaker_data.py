@@ -14,8 +14,11 @@ from apps.speaker.data import (
     Collection,
     Utterance,
     balanced_trials,
+    centre_crop,
     load_collection,
+    make_parts,
     make_segments,
+    pair_trials,
     read_audio,
     read_trials,
     segment_trials,
@@ -168,3 +171,24 @@ def test_segments_split_speakers_and_crops() -> None:
     assert len(starts) > 40 and max(starts) <= len(audio[0]) - SAMPLE_RATE  # spread over the valid range
     torch.manual_seed(0)
     assert torch.equal(random_crops(waves, lengths, SAMPLE_RATE), crops)  # follows the seeded generator
+
+
+def test_parts_pair_trials_and_centre_crop() -> None:
+    audio = [np.arange(10, dtype=np.float32), np.arange(7, dtype=np.float32), np.arange(9, dtype=np.float32)]
+    col = Collection("x", Path("."), [Utterance(Path(f"{k}.wav"), spk, f"{k}.wav") for k, spk in
+                                      (("a", "A"), ("b", "B"), ("c", "A"))], audio)
+    parts = make_parts(col, 3)
+    assert [(g.utt, g.start, g.stop) for g in parts] == [(0, 0, 3), (0, 3, 6), (0, 6, 9), (1, 0, 2), (1, 2, 4),
+                                                        (1, 4, 6), (2, 0, 3), (2, 3, 6), (2, 6, 9)]
+    spk = [g.speaker for g in parts]
+    # every pair counted by hand: speaker A has 6 pieces (15 target pairs), B 3 (3); 6 x 3 = 18 non-target pairs
+    tr = pair_trials(spk, [g.key for g in parts], max_nontarget=100, seed=0)
+    assert tr.labels.sum() == 18 and (tr.labels == 0).sum() == 18
+    assert all(lab == int(spk[e] == spk[t]) and e < t for lab, e, t in zip(tr.labels, tr.enroll, tr.test,
+                                                                          strict=True))
+    capped = pair_trials(spk, [g.key for g in parts], max_nontarget=5, seed=0)
+    assert capped.labels.sum() == 18 and (capped.labels == 0).sum() == 5  # every target, 5 non-targets
+    with pytest.raises(InputError, match="no two items share a speaker"):
+        pair_trials(["a", "b"], ["1", "2"], 10, 0)
+    assert centre_crop(np.arange(10), 4).tolist() == [3, 4, 5, 6]
+    assert centre_crop(np.arange(3), 4).tolist() == [0, 1, 2]

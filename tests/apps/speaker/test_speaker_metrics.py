@@ -104,3 +104,34 @@ def test_cosine_scores_naive() -> None:
     ref = [float(emb[i] @ emb[j] / np.linalg.norm(emb[i]) / np.linalg.norm(emb[j])) for i, j in zip(en, te,
                                                                                                   strict=True)]
     assert np.allclose(cosine_scores(emb, en, te), ref)
+
+
+def test_as_norm_against_naive_loops() -> None:
+    from apps.speaker.metrics import as_norm
+
+    rng = np.random.default_rng(4)
+    emb, coh = rng.normal(size=(6, 5)), rng.normal(size=(9, 5))
+    enroll, test = np.array([0, 1, 2, 3]), np.array([4, 5, 0, 1])
+    top = 4
+
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+    def stats(i: int) -> tuple[float, float]:
+        sc = sorted((cos(emb[i], c) for c in coh), reverse=True)[:top]
+        m = sum(sc) / top
+        return m, (sum((v - m) ** 2 for v in sc) / top) ** 0.5
+
+    want = []
+    for e, t in zip(enroll, test, strict=True):
+        s = cos(emb[e], emb[t])
+        (me, se), (mt, st) = stats(e), stats(t)
+        want.append(0.5 * ((s - me) / se + (s - mt) / st))
+    assert np.allclose(as_norm(emb, coh, enroll, test, top), want)
+    # a cohort smaller than top_n: all of it; scaling the embeddings changes nothing (cosine)
+    assert np.allclose(as_norm(emb, coh[:3], enroll, test, 50), as_norm(emb, coh[:3], enroll, test, 3))
+    assert np.allclose(as_norm(3 * emb, coh, enroll, test, top), want)
+    with pytest.raises(ValueError, match="cohort"):
+        as_norm(emb, coh[:, :3], enroll, test, top)
+    with pytest.raises(ValueError, match="top_n"):
+        as_norm(emb, coh, enroll, test, 0)

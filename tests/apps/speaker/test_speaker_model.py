@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from apps.speaker.features import LogMel, WaveAugment, add_noise, coloured_noise, synthetic_rir
+from apps.speaker.features import (
+    LogMel,
+    WaveAugment,
+    add_noise,
+    band_limit,
+    coloured_noise,
+    mu_law_codec,
+    synthetic_rir,
+)
 from apps.speaker.model import SpeakerEncoder, SpeakerSSLModule
 
 SPEC = dict(arch="ecapa", n_mels=40, width=16, embed_dim=8)
@@ -132,3 +140,33 @@ def test_logmel_global_norm_keeps_envelope_and_removes_gain() -> None:
     assert torch.allclose(LogMel(40, 8000, "channel")(low).mean(-1), torch.zeros(1, 40), atol=1e-4)
     with pytest.raises(ValueError, match="feature norm"):
         LogMel(40, 8000, "frame")
+
+
+def test_band_limit_codec_and_snr_range() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 16000)  # 1 s: FFT bin k is k Hz
+    y = band_limit(x, 300.0, torch.tensor([1000.0, 2000.0, 3400.0]))
+    spec, ref = torch.fft.rfft(y, dim=1).abs(), torch.fft.rfft(x, dim=1).abs()
+    for row, hi in enumerate((1000, 2000, 3400)):
+        assert spec[row, :300].max() < 1e-3 and spec[row, hi + 1:].max() < 1e-3
+        assert torch.allclose(spec[row, 300: hi + 1], ref[row, 300: hi + 1], atol=1e-3)  # the band is kept
+    # mu-law: the expanded codes of the peak-normalised signal take at most 256 values; 8-bit mu-law keeps a
+    # signal-to-quantisation-noise ratio of about 38 dB on a full-scale signal
+    s = torch.sin(torch.linspace(0, 200, 16000))[None] * 0.3
+    q = mu_law_codec(s)
+    assert len(torch.unique((q / 0.3).round(decimals=6))) <= 256
+    snr = 10 * torch.log10(s.pow(2).mean() / (q - s).pow(2).mean())
+    assert 30 < float(snr) < 50
+    aug = WaveAugment(reverb_prob=0, noise_prob=0, lowpass_prob=0, codec_prob=1.0)
+    out = torch.fft.rfft(aug(x), dim=1).abs()
+    assert out[:, 3600:].max() < 0.05 * ref[:, 3600:].max()  # band-limited before quantisation
+    # coloured noise only (no babble): the SNR lies in the given range (up to the 1e-4 floor inside P, which lets
+    # very low-power brown noise come out up to a few tenths of a dB quieter)
+    p = lambda v: 10 * torch.log10(v.pow(2).mean(1) + 1e-4)  # noqa: E731
+    x = torch.randn(16, 8000)
+    for lo, hi in ((5.0, 7.0), (15.0, 17.0)):
+        aug = WaveAugment(reverb_prob=0, noise_prob=1, lowpass_prob=0, babble_share=0, snr_db=(lo, hi))
+        got = p(x) - p(aug(x) - x)
+        assert (got > lo - 0.05).all() and (got < hi + 0.5).all() and float(got.std()) > 0.1
+    with pytest.raises(ValueError, match="snr_db"):
+        WaveAugment(snr_db=(10.0, 5.0))
