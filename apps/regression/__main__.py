@@ -43,7 +43,7 @@ APP = App(
                                  "format", arguments=prepare_arguments, settings=False),
     },
     sweep=True,
-    epilog="Quick mode: python -m apps.regression run --quick (abalone, 12 epochs, vanilla / conr / supremix).\n"
+    epilog="Quick mode: python -m apps.regression run --quick (abalone, 12 epochs, vanilla / lds_conr / supremix).\n"
            "Full mode: python -m apps.regression sweep --config apps/regression/configs/abalone.yaml --seeds 0 1 2\n"
            "See docs/apps/regression.md.",
 )

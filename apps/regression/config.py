@@ -14,7 +14,7 @@ from typing import Any
 
 from core.app import AppSettings, InputError, option
 
-__all__ = ["RegressionSettings", "METHODS", "EMBEDDED", "Switches", "switches"]
+__all__ = ["RegressionSettings", "METHODS", "DEFAULT_METHOD", "EMBEDDED", "Switches", "switches"]
 
 #: method presets: the switches each method sets (anything not listed keeps its default)
 METHODS: dict[str, dict[str, Any]] = {
@@ -29,6 +29,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "lds_conr": {"reweight": "sqrt_inv", "lds": True, "conr": True},
     "supremix": {"supremix": True},
 }
+#: the app's recommended method (the reports' headline: compared with each baseline)
+DEFAULT_METHOD = "lds_conr"
 _SWITCH_DEFAULTS = {"loss": "l1", "reweight": "none", "lds": False, "fds": False, "conr": False, "supremix": False}
 #: embedded data sets (``--data NAME``), in shared_data/regression/
 EMBEDDED = ("abalone", "sts_b_dir")
@@ -47,7 +49,10 @@ class RegressionSettings(AppSettings):
                        "dev.*) and test.* tables, or a .npz of sentence-pair embeddings made by `prepare sts_b_dir`")
     target: str | None = option(None, help="target column (default: 'Rings' for abalone; required with a table)")
     features: list[str] | None = option(None, help="feature columns (default: every column but the target; text "
-                                        "columns with <= 50 values are one-hot encoded)")
+                                        "columns are categorical, see --categorical)")
+    categorical: list[str] | None = option(None, help="feature columns to treat as categories although numeric "
+                                           "(integer codes); text, bool and category columns always are (<= 250 "
+                                           "values each; learned embeddings, unseen values -> 'unknown')")
     bin_width: float | None = option(None, help="label bin width (default: 1 for abalone, 0.1 for STS-B; otherwise "
                                      "1 for integer labels, else range / 50)", low=0, low_open=True)
     per_bin: int = option(25, help="DIR split of a single table: val and test samples per bin "
@@ -93,8 +98,10 @@ class RegressionSettings(AppSettings):
     supremix_window: float = option(5.0, help="SupReMix mix-pos window n, in bins", low=0, low_open=True)
     supremix_beta: list[float] = option([2.0, 8.0], help="Beta(a, b) of the mix-neg coefficients (two numbers)",
                                         low=0, low_open=True)
-    supremix_epochs: int = option(10, help="SupReMix pre-training epochs", low=1)
-    supremix_batch_size: int = option(64, help="SupReMix pre-training batch size per device (its mix-pos term is "
+    supremix_epochs: int | None = option(None, help="SupReMix pre-training epochs (default: --epochs; a short "
+                                         "pre-training leaves the frozen encoder under-trained and its linear "
+                                         "probe unstable across seeds)", low=1)
+    supremix_batch_size: int = option(32, help="SupReMix pre-training batch size per device (its mix-pos term is "
                                       "O(B^3); the paper: 128)", low=2)
     probe_ridge: float = option(1e-3, help="ridge penalty (times n) of the closed-form least-squares linear probe",
                                 low=0)
@@ -113,8 +120,8 @@ class RegressionSettings(AppSettings):
 
     @classmethod
     def quick(cls) -> RegressionSettings:
-        """Abalone, 12 epochs (SupReMix: 4 pre-training epochs), vanilla vs ConR vs SupReMix."""
-        return cls(epochs=12, supremix_epochs=4, methods=["vanilla", "conr", "supremix"])
+        """Abalone, 12 epochs (SupReMix pre-training too), vanilla vs LDS+ConR (the default) vs SupReMix."""
+        return cls(epochs=12, methods=["vanilla", DEFAULT_METHOD, "supremix"])
 
     def check(self) -> None:
         if not self.methods:

@@ -11,8 +11,10 @@
 * ``--data pairs.npz``: sentence-pair embeddings made by ``python -m apps.regression prepare sts_b_dir``
   from the STS-B-DIR release (pre-split; the same pair features).
 
-Features are standardised with the training split's mean and std; text columns with at most 50
-distinct values are one-hot encoded. Every problem with the input raises :class:`core.app.InputError` naming
+Numeric features are standardised with the training split's mean and std; categorical columns (text, bool or
+category dtype, or named by ``--categorical``; at most 250 distinct values) become integer codes, 0 for a value
+the training split does not hold (the models embed them: :class:`apps.regression.model.TabularEncoder`).
+Every problem with the input raises :class:`core.app.InputError` naming
 the file (and the line, for CSV).
 """
 
@@ -33,7 +35,8 @@ __all__ = ["DIRData", "read_table", "load_data", "SHARED"]
 SHARED = Path(__file__).resolve().parents[2] / "shared_data" / "regression"
 SPLITS = ("train", "val", "test")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
-_MAX_CATEGORIES = 50
+#: most distinct training values of a categorical column (the gradient-boosted trees baseline's limit, 255 bins)
+MAX_CATEGORIES = 250
 
 
 @dataclass
@@ -53,10 +56,18 @@ class DIRData:
     many: int = 100
     few: int = 20
     correlations: bool = False
+    #: categorical columns: ``x[:, n_num:]`` holds their integer codes (0 = unknown), ``cardinalities[j]`` codes each
+    cardinalities: list[int] = field(default_factory=list)
+    categorical_names: list[str] = field(default_factory=list)
 
     @property
     def in_dim(self) -> int:
+        """Columns of ``x``: the standardised numeric features, then one code per categorical column."""
         return self.x["train"].shape[1]
+
+    @property
+    def n_num(self) -> int:
+        return self.in_dim - len(self.cardinalities)
 
     def bin_centers(self) -> np.ndarray:
         return self.origin + (np.arange(self.n_bins) + 0.5) * self.bin_width
@@ -64,7 +75,8 @@ class DIRData:
     def summary(self) -> str:
         g = {k: int((self.groups == k).sum()) for k in ("many", "medium", "few")}
         return (f"{self.name}: train/val/test = {len(self.y['train'])}/{len(self.y['val'])}/{len(self.y['test'])}, "
-                f"{self.in_dim} features, {self.n_bins} bins of width {self.bin_width:g}; shot thresholds "
+                f"{self.n_num} numeric + {len(self.cardinalities)} categorical features, {self.n_bins} bins of width "
+                f"{self.bin_width:g}; shot thresholds "
                 f"many > {self.many}, few < {self.few} -> bins many/medium/few = {g['many']}/{g['medium']}/{g['few']}")
 
 
@@ -126,9 +138,15 @@ def _targets(df, target: str) -> np.ndarray:
 
 
 class _Featurizer:
-    """Column selection, one-hot encoding of small text columns (fitted on train), finite checks."""
+    """Column selection, categorical columns as integer codes (vocabulary fitted on train), finite checks.
 
-    def __init__(self, train_df, target: str, features: list[str] | None) -> None:
+    A feature column is **categorical** when its dtype is not numeric (text / object, bool, pandas category) or
+    when ``--categorical`` names it; every other column is numeric. A categorical column with K distinct training
+    values gets codes 1..K (sorted by their text); 0 is the *unknown* code, for a value never seen in training.
+    Missing values of a categorical column are a category of their own (``"nan"``).
+    """
+
+    def __init__(self, train_df, target: str, features: list[str] | None, categorical: list[str] | None = None) -> None:
         import pandas as pd
 
         cols = list(features) if features else [c for c in train_df.columns if c != target]
@@ -140,37 +158,48 @@ class _Featurizer:
             raise InputError(f"the target {target!r} cannot also be a feature")
         if not cols:
             raise InputError(f"{train_df.attrs['path']}: no feature columns besides the target {target!r}")
-        self.cols, self.categories = cols, {}
+        declared = list(categorical or [])
+        unknown = [c for c in declared if c not in cols]
+        if unknown:
+            raise InputError(f"{train_df.attrs['path']}: --categorical names {unknown}, which are not feature "
+                            f"columns; features are {cols}")
+        self.categories: dict[str, dict[str, int]] = {}
         for c in cols:
             s = train_df[c]
-            if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-                values = sorted(s.dropna().astype(str).unique())
-                if len(values) > _MAX_CATEGORIES:
-                    raise InputError(f"{train_df.attrs['path']}: column {c!r} is not numeric and has {len(values)} "
-                                    f"distinct values; select numeric features with --features")
-                self.categories[c] = values
-        self.names = [f"{c}={v}" if c in self.categories else c for c in cols
-                      for v in (self.categories.get(c) or [None])]
+            if c in declared or not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+                values = sorted(s.astype(str).unique())
+                if len(values) > MAX_CATEGORIES:
+                    raise InputError(f"{train_df.attrs['path']}: categorical column {c!r} has {len(values)} distinct "
+                                    f"values (at most {MAX_CATEGORIES}); leave it out with --features")
+                self.categories[c] = {v: i + 1 for i, v in enumerate(values)}
+        self.numeric = [c for c in cols if c not in self.categories]
+        self.categorical = [c for c in cols if c in self.categories]
+        self.names = self.numeric + self.categorical
 
-    def __call__(self, df) -> np.ndarray:
+    @property
+    def cardinalities(self) -> list[int]:
+        """Codes per categorical column, the unknown code 0 included (K + 1)."""
+        return [len(self.categories[c]) + 1 for c in self.categorical]
+
+    def __call__(self, df) -> tuple[np.ndarray, np.ndarray]:
+        """``(numeric (n, n_num) float64, codes (n, n_cat) int64)`` of a table."""
         import pandas as pd
 
-        missing = [c for c in self.cols if c not in df.columns]
+        missing = [c for c in self.numeric + self.categorical if c not in df.columns]
         if missing:
             raise InputError(f"{df.attrs['path']}: feature column(s) {missing} not found")
-        parts = []
-        for c in self.cols:
-            if c in self.categories:
-                s = df[c].astype(str)
-                parts.append(np.stack([(s == v).to_numpy(np.float64) for v in self.categories[c]], 1))
-                continue
+        num = np.zeros((len(df), len(self.numeric)), np.float64)
+        for j, c in enumerate(self.numeric):
             v = pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64)
             bad = np.flatnonzero(~np.isfinite(v))
             if bad.size:
                 i = int(bad[0])
                 raise InputError(f"{_where(df, i)}: feature {c!r} is not a finite number ({df[c].iloc[i]!r})")
-            parts.append(v[:, None])
-        return np.concatenate(parts, 1)
+            num[:, j] = v
+        codes = np.zeros((len(df), len(self.categorical)), np.int64)
+        for j, c in enumerate(self.categorical):
+            codes[:, j] = df[c].astype(str).map(self.categories[c]).fillna(0).to_numpy(np.int64)
+        return num, codes
 
 
 def _find_split_files(folder: Path) -> dict[str, Path]:
@@ -230,6 +259,8 @@ def load_data(s: RegressionSettings) -> DIRData:
         path = SHARED / "sts_b_dir" / "minilm.npz" if s.data == "sts_b_dir" else Path(s.data)
         x, y, names = _load_pairs(path)
         name, corr = ("sts_b_dir" if s.data == "sts_b_dir" else path.stem), True
+        codes = {k: np.zeros((len(y[k]), 0), np.int64) for k in SPLITS}
+        cards: list[int] = []
         width = s.bin_width or (0.1 if s.data == "sts_b_dir" else _default_width(y["train"]))
     else:
         if s.data == "abalone":
@@ -244,15 +275,16 @@ def load_data(s: RegressionSettings) -> DIRData:
         if path.is_dir():
             files = _find_split_files(path)
             dfs = {k: read_table(files[k]) for k in SPLITS}
-            feat = _Featurizer(dfs["train"], target, s.features)
-            x = {k: feat(dfs[k]) for k in SPLITS}
+            feat = _Featurizer(dfs["train"], target, s.features, s.categorical)
+            parts = {k: feat(dfs[k]) for k in SPLITS}
+            x, codes = {k: v[0] for k, v in parts.items()}, {k: v[1] for k, v in parts.items()}
             y = {k: _targets(dfs[k], target) for k in SPLITS}
         else:
             df = read_table(path)
-            feat = _Featurizer(df, target, s.features)
-            x_all, y_all = feat(df), _targets(df, target)
+            feat = _Featurizer(df, target, s.features, s.categorical)
+            (x_all, c_all), y_all = feat(df), _targets(df, target)
             split_made = True
-        names = feat.names
+        names, cards = feat.names, feat.cardinalities
         corr = False
         width = s.bin_width or (1.0 if name == "abalone" else _default_width(y["train"] if not split_made else y_all))
         if split_made:
@@ -264,12 +296,18 @@ def load_data(s: RegressionSettings) -> DIRData:
                 raise InputError(f"{path}: no bin has enough samples for balanced val / test splits with bin width "
                                  f"{width:g} and max_fraction {s.max_fraction}; use a larger --bin-width")
             x = {"train": x_all[tr], "val": x_all[va], "test": x_all[te]}
+            codes = {"train": c_all[tr], "val": c_all[va], "test": c_all[te]}
             y = {"train": y_all[tr], "val": y_all[va], "test": y_all[te]}
+    for j in range(len(cards)):  # a category absent from the training split is unknown (code 0) in val / test
+        seen = np.zeros(cards[j], bool)
+        seen[codes["train"][:, j]] = True
+        for k in ("val", "test"):
+            codes[k][:, j] = np.where(seen[codes[k][:, j]], codes[k][:, j], 0)
     if np.ptp(y["train"]) == 0:
         raise InputError(f"{name}: every training target has the same value; nothing to regress")
     mean, std = x["train"].mean(0), x["train"].std(0)
     std = np.where(std > 1e-12, std, 1.0)
-    x = {k: ((x[k] - mean) / std).astype(np.float32) for k in SPLITS}
+    x = {k: np.concatenate([(x[k] - mean) / std, codes[k]], 1).astype(np.float32) for k in SPLITS}
     y = {k: y[k].astype(np.float32) for k in SPLITS}
     all_y = np.concatenate([y[k] for k in SPLITS])
     origin = float(np.floor(all_y.min() / width + 1e-6) * width)
@@ -283,4 +321,4 @@ def load_data(s: RegressionSettings) -> DIRData:
     few = s.few_shot if s.few_shot is not None else few
     return DIRData(name=name, x=x, y=y, feature_names=names, bin_width=float(width), origin=origin, n_bins=n_bins,
                    bins=bins, train_counts=counts, groups=shot_groups(counts, many, few), many=many, few=few,
-                   correlations=corr)
+                   correlations=corr, cardinalities=cards, categorical_names=names[len(names) - len(cards):])

@@ -1,8 +1,10 @@
 """``evaluate``: test-set metrics of every method of ``--methods`` at ``--seed`` -> one ``report.json`` /
 ``report.md`` (the runner's schema) and two plots.
 
-One row per method (and the ``train_median`` baseline, a constant prediction), headline metric ``mae_all``
-(lower is better); metric names ``mae_*``, ``mse_*``, ``gm_*`` for ``all``, ``many``, ``medium``, ``few`` (and
+One row per method and two baselines: ``hgb_l1`` (gradient-boosted trees with the L1 loss on the same inputs,
+:mod:`apps.regression.baselines`) and ``train_median`` (a constant prediction); headline metric ``mae_all``
+(lower is better), headline method :data:`apps.regression.config.DEFAULT_METHOD` when it is among ``--methods``;
+metric names ``mae_*``, ``mse_*``, ``gm_*`` for ``all``, ``many``, ``medium``, ``few`` (and
 ``pearson``, ``spearman`` for sentence pairs). ``extra`` holds ``per_bin`` (test MAE per label bin of every
 method), ``bin_centers``, ``shots`` (thresholds, bin groups, test samples per group), ``val_metrics`` (the same
 metrics on the balanced validation split, for choosing hyper-parameters without looking at test) and ``fit``
@@ -13,12 +15,14 @@ written before every model has loaded and every metric is computed.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from apps.regression.config import RegressionSettings, switches
+from apps.regression.baselines import HGB_NAME, hgb_baseline
+from apps.regression.config import DEFAULT_METHOD, RegressionSettings, switches
 from apps.regression.data import DIRData, load_data
 from apps.regression.metrics import METRIC_NAMES, correlations, per_bin_error, shot_metrics
 from apps.regression.train import build_regressor
@@ -143,16 +147,28 @@ def evaluate(run: Run) -> None:
         val_metrics[m] = _row(compute_metrics(model.predict(torch.from_numpy(data.x["val"])).numpy(), data, "val"))
         curves[m] = per_bin_error(preds, data.y["test"], data.bins["test"], data.n_bins)
         fits[m] = {k: state.get(k) for k in ("epochs", "epochs_done", "fit_seconds")}
+    t0 = time.perf_counter()
+    hgb = hgb_baseline(data, threads=torch.get_num_threads(), cache=run.run_dir.path / HGB_NAME / "predictions.pt")
+    fits[HGB_NAME] = {"boosting_rounds": hgb["iterations"], "fit_seconds": time.perf_counter() - t0}
+    trees = compute_metrics(hgb["test"], data)
+    val_metrics[HGB_NAME] = _row(compute_metrics(hgb["val"], data, "val"))
+    curves[HGB_NAME] = per_bin_error(hgb["test"], data.y["test"], data.bins["test"], data.n_bins)
     base = compute_metrics(median, data)
     curves["train_median"] = per_bin_error(median, data.y["test"], data.bins["test"], data.n_bins)
     for m, metrics in results.items():
         report.add(m, _row(metrics), seed=s.seed)
+    report.add(HGB_NAME, _row(trees), seed=s.seed, baseline=True)
     report.add("train_median", _row(base), seed=s.seed, baseline=True)
+    if DEFAULT_METHOD in results:
+        report.headline = DEFAULT_METHOD
     counts = {g: int(base[f"n_{g}"]) for g in ("many", "medium", "few")}
     shots = {**shots_info(data), "test_samples": counts}
     report.notes.append(f"{data.summary()}")
     report.notes.append(f"test split; shot groups from the training histogram ({shots['rule']}); test samples "
                         f"many/medium/few = {counts['many']}/{counts['medium']}/{counts['few']}")
+    report.notes.append(f"{HGB_NAME}: HistGradientBoostingRegressor(loss='absolute_error') on the networks' inputs "
+                        f"(categorical columns as native categories), {hgb['iterations']} boosting rounds chosen by "
+                        f"validation MAE; few-shot MAE {trees['mae_few']:.3f}")
     if "vanilla" in results:
         van = results["vanilla"]
         for m, r in results.items():
@@ -172,7 +188,7 @@ def evaluate(run: Run) -> None:
         save_figure(plot_histogram(data), folder / "label_histogram.png")
     report.plots = ["per_bin_error.png", "label_histogram.png"]
     run.write_report(report, folder)
-    for m, r in results.items():
+    for m, r in {**results, HGB_NAME: trees}.items():
         run.log(f"{data.name} {m}: MAE all/many/med/few = {r['mae_all']:.3f}/{r['mae_many']:.3f}/"
                 f"{r['mae_medium']:.3f}/{r['mae_few']:.3f}")
     run.log(f"report: {folder / 'report.md'}")

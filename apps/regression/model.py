@@ -1,6 +1,7 @@
 r"""The models of the regression app: one MLP encoder + linear regressor for every method.
 
-:class:`DIRRegressor` trains ``f`` (:class:`core.encoders.MLPEncoder`) and a linear regressor ``r`` on
+:class:`DIRRegressor` trains ``f`` (:class:`TabularEncoder`: categorical embeddings + an MLP) and a linear
+regressor ``r`` on
 ``L = mean_i w_i l(r(f(x_i)), y_i) + beta L_ConR``:
 
 * ``l`` = L1 or squared error (in label units; the regressor predicts standardised targets that are
@@ -34,17 +35,65 @@ from core.encoders import MLPEncoder, ProjectionHead
 from core.losses import con_r, sup_re_mix
 from core.training import ContrastiveModule
 
-__all__ = ["DIRRegressor", "SupReMixPretrainer", "augment_view", "fit_linear_probe", "frozen_bn_stats"]
+__all__ = ["DIRRegressor", "SupReMixPretrainer", "TabularEncoder", "augment_view", "embedding_dim",
+           "fit_linear_probe", "frozen_bn_stats"]
 
 
-def augment_view(x: Tensor, noise: float, mask: float) -> Tensor:
-    """One random view of standardised tabular features: zero each feature with probability ``mask``,
-    add Gaussian noise of std ``noise``."""
+def augment_view(x: Tensor, noise: float, mask: float, n_num: int | None = None) -> Tensor:
+    """One random view of tabular features (``x[:, :n_num]`` standardised numbers, the rest categorical codes):
+    zero each number with probability ``mask`` and add Gaussian noise of std ``noise``; set each code to the
+    unknown code 0 with probability ``mask``."""
+    n_num = x.shape[1] if n_num is None else n_num
+    num, codes = x[:, :n_num], x[:, n_num:]
     if mask > 0:
-        x = x * (torch.rand_like(x) >= mask).to(x.dtype)
+        num = num * (torch.rand_like(num) >= mask).to(x.dtype)
+        if codes.shape[1]:
+            codes = codes * (torch.rand_like(codes) >= mask).to(x.dtype)
     if noise > 0:
-        x = x + noise * torch.randn_like(x)
-    return x
+        num = num + noise * torch.randn_like(num)
+    return torch.cat([num, codes], 1) if codes.shape[1] else num
+
+
+def embedding_dim(cardinality: int, cap: int = 16) -> int:
+    """Embedding size of a categorical column with ``cardinality`` codes: ``min(cap, max(2, round(1.6 K^0.56)))``
+    with K the number of known values (the usual rule of thumb, capped for small tables)."""
+    return int(min(cap, max(2, round(1.6 * max(1, cardinality - 1) ** 0.56))))
+
+
+class TabularEncoder(nn.Module):
+    """Learned embeddings of the categorical codes, concatenated with the numeric features, into an MLP.
+
+    ``x[:, :n_num]`` are standardised numbers, ``x[:, n_num:]`` the codes of the categorical columns (0 = unknown,
+    1..K known values). Column j has a table of K_j learned vectors; the unknown code maps to the mean of the
+    column's K_j vectors (an unseen value is treated as the average value, and masked views in ConR / SupReMix use
+    the same vector). Without categorical columns this is the plain :class:`core.encoders.MLPEncoder`.
+    """
+
+    def __init__(self, n_num: int, cardinalities: list[int], hidden: list[int], out_dim: int, *,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_num = int(n_num)
+        self.cardinalities = [int(c) for c in cardinalities]
+        self.embeddings = nn.ModuleList(nn.Embedding(c - 1 if c > 1 else 1, embedding_dim(c))
+                                        for c in self.cardinalities)
+        for e in self.embeddings:
+            nn.init.normal_(e.weight, std=0.1)
+        in_dim = self.n_num + sum(e.embedding_dim for e in self.embeddings)
+        self.mlp = MLPEncoder(in_dim, hidden, out_dim, norm="batch", dropout=dropout)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The MLP's input: numbers, then each column's vector."""
+        if not self.embeddings:
+            return x
+        parts = [x[:, : self.n_num]]
+        codes = x[:, self.n_num :].round().long()
+        for j, emb in enumerate(self.embeddings):
+            table = torch.cat([emb.weight.mean(0, keepdim=True), emb.weight])  # row 0: unknown = mean
+            parts.append(nn.functional.embedding(codes[:, j].clamp(0, table.shape[0] - 1), table))
+        return torch.cat(parts, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(self.embed(x))
 
 
 @contextmanager
@@ -77,6 +126,7 @@ class DIRRegressor(ContrastiveModule):
         y_mean: float,
         y_std: float,
         *,
+        cardinalities: list[int] | None = None,
         dropout: float = 0.0,
         loss: str = "l1",
         fds: dict[str, Any] | None = None,
@@ -88,7 +138,8 @@ class DIRRegressor(ContrastiveModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
     ) -> None:
-        encoder = MLPEncoder(in_dim, hidden, feature_dim, norm="batch", dropout=dropout)
+        cards = list(cardinalities or [])
+        encoder = TabularEncoder(in_dim - len(cards), cards, hidden, feature_dim, dropout=dropout)
         super().__init__(encoder, None, optimizer="adam", lr=lr, weight_decay=weight_decay, scheduler="cosine",
                          log_diagnostics=False)
         self.regressor = nn.Linear(feature_dim, 1)
@@ -97,7 +148,7 @@ class DIRRegressor(ContrastiveModule):
         self.loss_kind = loss
         self.fds = FDS(feature_dim, n_bins, **fds) if fds is not None else None
         self.conr, self.conr_weight, self.use_conr_weights = conr, conr_weight, use_conr_weights
-        self.view_noise, self.view_mask = view_noise, view_mask
+        self.view_noise, self.view_mask, self.n_num = view_noise, view_mask, in_dim - len(cards)
         self._epoch_features: list[tuple[Tensor, Tensor]] = []
 
     def head(self, h: Tensor) -> Tensor:
@@ -125,7 +176,7 @@ class DIRRegressor(ContrastiveModule):
         out = {"loss": loss, "reg": loss.detach()}
         if self.conr is not None and self.training:
             B = x.shape[0]
-            views = torch.cat([augment_view(x, self.view_noise, self.view_mask) for _ in range(2)])
+            views = torch.cat([augment_view(x, self.view_noise, self.view_mask, self.n_num) for _ in range(2)])
             with frozen_bn_stats(self.encoder):
                 hv = self(views)
             with torch.no_grad():
@@ -162,21 +213,23 @@ class SupReMixPretrainer(ContrastiveModule):
     """Encoder + projection head trained with SupReMix on two augmented views; labels are bin indices."""
 
     def __init__(
-        self, in_dim: int, hidden: list[int], feature_dim: int, *, dropout: float = 0.0, projection_dim: int = 32,
+        self, in_dim: int, hidden: list[int], feature_dim: int, *, cardinalities: list[int] | None = None,
+        dropout: float = 0.0, projection_dim: int = 32,
         temperature: float = 0.5, window: float = 5.0, beta: tuple[float, float] = (2.0, 8.0),
         view_noise: float = 0.1, view_mask: float = 0.1, lr: float = 1e-3, weight_decay: float = 1e-4,
     ) -> None:
-        encoder = MLPEncoder(in_dim, hidden, feature_dim, norm="batch", dropout=dropout)
+        cards = list(cardinalities or [])
+        encoder = TabularEncoder(in_dim - len(cards), cards, hidden, feature_dim, dropout=dropout)
         head = ProjectionHead(feature_dim, 128, projection_dim)
         super().__init__(encoder, head, optimizer="adam", lr=lr, weight_decay=weight_decay, scheduler="cosine",
                          log_diagnostics=True)
         self.loss_kw = dict(temperature=temperature, window=window, beta=tuple(beta))
-        self.view_noise, self.view_mask = view_noise, view_mask
+        self.view_noise, self.view_mask, self.n_num = view_noise, view_mask, in_dim - len(cards)
 
     def contrastive_step(self, batch: Any) -> dict[str, Tensor]:
         x, _, _, b = batch
         B = x.shape[0]
-        views = torch.cat([augment_view(x, self.view_noise, self.view_mask) for _ in range(2)])
+        views = torch.cat([augment_view(x, self.view_noise, self.view_mask, self.n_num) for _ in range(2)])
         z = nn.functional.normalize(self.project(views), dim=-1)
         z1, z2 = z[:B], z[B:]
         labels = b.to(z.dtype)

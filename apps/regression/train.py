@@ -46,7 +46,8 @@ def build_regressor(s: RegressionSettings, sw: Switches, data: DIRData) -> DIRRe
                     else data.bin_width, push_scale=s.conr_push_scale, denominator=s.conr_denominator)
     return DIRRegressor(
         data.in_dim, list(s.hidden), s.feature_dim, data.n_bins, float(data.y["train"].mean()),
-        float(data.y["train"].std()), dropout=s.dropout, loss=sw.loss, fds=fds, conr=conr,
+        float(data.y["train"].std()), cardinalities=data.cardinalities, dropout=s.dropout, loss=sw.loss, fds=fds,
+        conr=conr,
         conr_weight=s.conr_weight, use_conr_weights=sw.reweight != "none", view_noise=s.view_noise,
         view_mask=s.view_mask, lr=s.lr, weight_decay=s.weight_decay,
     )
@@ -83,9 +84,9 @@ def fit_method(s: RegressionSettings, method: str, data: DIRData, out: Path) -> 
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # a resumed run
         if sw.supremix:
-            epochs = s.supremix_epochs
+            epochs = s.supremix_epochs or s.epochs
             pre = SupReMixPretrainer(
-                data.in_dim, list(s.hidden), s.feature_dim, dropout=s.dropout,
+                data.in_dim, list(s.hidden), s.feature_dim, cardinalities=data.cardinalities, dropout=s.dropout,
                 temperature=s.supremix_temperature, window=s.supremix_window, beta=tuple(s.supremix_beta),
                 view_noise=s.view_noise, view_mask=s.view_mask, lr=s.lr, weight_decay=s.weight_decay)
             kw = _trainer_kwargs(s, out / "pretrain", epochs)

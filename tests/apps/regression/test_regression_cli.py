@@ -94,13 +94,17 @@ def test_end_to_end_run_fit_evaluate_sweep(tmp_path, capsys):
     assert main(["run", "--methods", *methods, *common]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["app"] == "regression" and rep["metric"] == "mae_all" and rep["higher_is_better"] is False
-    assert [r["method"] for r in rep["rows"]] == [*methods, "train_median"] and rep["baselines"] == ["train_median"]
+    assert [r["method"] for r in rep["rows"]] == [*methods, "hgb_l1", "train_median"]
+    assert rep["baselines"] == ["hgb_l1", "train_median"] and rep["headline"] == "lds_conr"
+    assert {v["baseline"] for v in rep["versus"]} == {"hgb_l1", "train_median"}
+    assert (out / "hgb_l1" / "predictions.pt").is_file()
     for r in rep["rows"]:
         assert r["seed"] == 0
         for k in ("mae_all", "mae_many", "mae_medium", "mae_few", "gm_all", "gm_few", "mse_all"):
             assert k in r["metrics"]
         assert math.isfinite(r["metrics"]["mae_all"]) and r["metrics"]["mae_all"] > 0
-    assert set(rep["extra"]["per_bin"]) == {*methods, "train_median"} and "vanilla" in rep["extra"]["val_metrics"]
+    assert set(rep["extra"]["per_bin"]) == {*methods, "hgb_l1", "train_median"}
+    assert "vanilla" in rep["extra"]["val_metrics"] and "hgb_l1" in rep["extra"]["val_metrics"]
     assert rep["plots"] == ["per_bin_error.png", "label_histogram.png"]
     assert (out / "per_bin_error.png").stat().st_size > 0 and (out / "label_histogram.png").is_file()
     assert (out / "report.md").is_file() and (out / "settings.json").is_file()
@@ -120,13 +124,14 @@ def test_end_to_end_run_fit_evaluate_sweep(tmp_path, capsys):
     (out / "report.json").unlink()
     assert main(["evaluate", "--methods", "vanilla", "fds", *common]) == 0
     again = json.loads((out / "report.json").read_text())
-    assert [r["method"] for r in again["rows"]] == ["vanilla", "fds", "train_median"]
+    assert [r["method"] for r in again["rows"]] == ["vanilla", "fds", "hgb_l1", "train_median"]
+    assert again["rows"][2] == rep["rows"][4]  # the trees' fit is read back from the run directory
     assert again["rows"][0] == rep["rows"][0] and again["rows"][1] == rep["rows"][2]
     # sweep: one report over seeds (seed 0 reused), each seed's report in seed<S>/
     assert main(["sweep", "--seeds", "0", "1", "--methods", "vanilla", *common]) == 0
     sw = json.loads((out / "report.json").read_text())
     assert sw["verb"] == "sweep" and sorted((r["method"], r["seed"]) for r in sw["rows"]) == [
-        ("train_median", 0), ("train_median", 1), ("vanilla", 0), ("vanilla", 1)]
+        ("hgb_l1", 0), ("hgb_l1", 1), ("train_median", 0), ("train_median", 1), ("vanilla", 0), ("vanilla", 1)]
     assert (out / "seed1" / "report.json").is_file() and (out / "vanilla" / "seed1" / "model.pt").is_file()
     assert sw["rows"][0]["metrics"] == rep["rows"][0]["metrics"]
     van = next(s for s in sw["summary"] if s["method"] == "vanilla")
@@ -188,7 +193,7 @@ def test_prepare_abalone_from_the_uci_file(tmp_path, capsys):
     from apps.regression.data import load_data
 
     d = load_data(RegressionSettings(data=str(tmp_path / "a.csv"), target="Rings"))
-    assert d.in_dim == 10 and sum(len(v) for v in d.y.values()) == 60
+    assert d.in_dim == 8 and d.categorical_names == ["Sex"] and sum(len(v) for v in d.y.values()) == 60
     src.write_text(lines[0] + "\nM,0.1,0.2\n")
     capsys.readouterr()
     assert main(["prepare", "abalone", "--src", str(src), "--output", str(tmp_path / "b.csv")]) == 2

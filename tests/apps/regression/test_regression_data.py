@@ -25,9 +25,10 @@ def _table(path, n=300, seed=0, sep=","):
 def test_single_table_dir_split(tmp_path):
     f = _table(tmp_path / "toy.csv")
     d = load_data(RegressionSettings(data=str(f), target="target", bin_width=1.0))
-    assert d.feature_names == ["x1", "x2", "kind=a", "kind=b", "kind=c"]
+    assert d.feature_names == ["x1", "x2", "kind"] and d.cardinalities == [4] and d.n_num == 2
     assert sum(len(d.y[s]) for s in ("train", "val", "test")) == 300
-    assert np.allclose(d.x["train"].mean(0), 0, atol=1e-5)
+    assert np.allclose(d.x["train"][:, :2].mean(0), 0, atol=1e-5)
+    assert set(np.unique(d.x["train"][:, 2])) == {1.0, 2.0, 3.0}  # codes a, b, c; 0 is unknown
     val_counts = np.bincount(d.bins["val"], minlength=d.n_bins)
     assert val_counts.max() <= 25 and np.array_equal(val_counts, np.bincount(d.bins["test"], minlength=d.n_bins))
     assert len(d.groups) == d.n_bins and d.train_counts.sum() == len(d.y["train"])
@@ -50,7 +51,8 @@ def test_presplit_folder_and_parquet(tmp_path):
 
 def test_embedded_defaults():
     d = load_data(RegressionSettings())
-    assert d.name == "abalone" and d.bin_width == 1.0 and d.in_dim == 10
+    assert d.name == "abalone" and d.bin_width == 1.0 and d.in_dim == 8 and d.cardinalities == [4]
+    assert d.categorical_names == ["Sex"]
     s = load_data(RegressionSettings(data="sts_b_dir"))
     assert [len(s.y[k]) for k in ("train", "val", "test")] == [5249, 1000, 1000]
     assert s.in_dim == 769 and s.correlations and (s.many, s.few) == (100, 20)
