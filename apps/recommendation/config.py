@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apps.recommendation.model import METHODS
+from apps.recommendation.model import CONTRAST_LOSSES, METHODS, TEMPNET_MIN
 from core.app import AppSettings, InputError, option
 from core.app.settings import load_yaml as _load_yaml
 
@@ -61,6 +61,13 @@ class RecConfig(AppSettings):
                                          "augmenter loss (code: 0.1)", low=0)
     tau: float = option(1.0, help="temperature of every contrastive term (dot-product similarity; the papers' "
                                   "code: 1)", low=0, low_open=True)
+    contrast_loss: str = option("nt_xent", help="objective of the sequence-level contrastive term (CL4SRec's, "
+                                                "MCLRec's L_cl1 / L_cl2; DuoRec keeps SupCon), core.losses: 'nt_xent' "
+                                                "(the papers'), 'debiased' (Chuang et al. 2020, tau_plus 0.1), "
+                                                "'hard_negative' (Robinson et al. 2021, tau_plus 0.1, beta 1), 'auc' "
+                                                "(AUC / Mann-Whitney, symmetrised), 'tempnet' (NT-Xent with a "
+                                                "TemperatureNet temperature per view in [0.05, 2 tau], starting at "
+                                                "tau)", choices=CONTRAST_LOSSES)
     cl_positions: str = option("last", help="DuoRec's contrastive term on the last position of each sequence "
                                             "('last': the paper's) or on every position ('all': every training "
                                             "prefix of the batch, two dropout views)", choices=("last", "all"))
@@ -91,6 +98,9 @@ class RecConfig(AppSettings):
             raise InputError(f"methods lists a method twice: {self.methods}")
         if self.cl_positions == "all" and self.training == "prefixes":
             raise InputError("cl_positions='all' needs training='all_positions' (a prefix row has one target)")
+        if self.contrast_loss == "tempnet" and self.tau <= TEMPNET_MIN:
+            raise InputError(f"contrast_loss='tempnet' starts its TemperatureNet at tau, which must exceed its lower "
+                             f"bound {TEMPNET_MIN}; got tau={self.tau}")
 
     def method_weights(self, method: str) -> dict[str, float]:
         """(lam, beta) of a method: the weight of its contrastive term(s)."""

@@ -26,6 +26,11 @@ Contrastive terms on the last-position representation :math:`h` of a sequence (d
   and the regulariser :math:`R` (:func:`mclrec_regularizer`); encoder loss
   :math:`L_0 = L_{rec} + \lambda L_{cl1} + \beta (L_{cl2} + 0.1 R)`, augmenter loss :math:`L_{cl2} + 0.1 R`,
   three optimiser steps per batch (encoder, augmenters, encoder).
+
+``contrast_loss`` swaps the objective of the NT-Xent term of CL4SRec / MCLRec (:meth:`SeqRecModule._con`) for
+another :mod:`core.losses` objective on the same views: ``debiased`` / ``hard_negative``
+(:func:`core.losses.debiased_info_nce`, 2N form), ``auc`` (:func:`core.losses.auc_contrastive`, both directions)
+or ``tempnet`` (NT-Xent with per-view temperatures from a :class:`core.losses.TemperatureNet`).
 """
 
 from __future__ import annotations
@@ -37,13 +42,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses import nt_xent, sup_con
+from core.losses import TemperatureNet, auc_contrastive, debiased_info_nce, nt_xent, sup_con
 from core.training import ContrastiveModule
 
 __all__ = ["SASRec", "FastDropout", "Augmenter", "augment_views", "crop", "mask", "reorder", "supervised_dot_contrast",
-           "mclrec_regularizer", "SeqRecModule", "METHODS", "last_hidden"]
+           "mclrec_regularizer", "SeqRecModule", "METHODS", "CONTRAST_LOSSES", "last_hidden"]
 
 METHODS = ("sasrec", "cl4srec", "duorec", "mclrec")
+#: objectives of the sequence-level contrastive term (:meth:`SeqRecModule._con`); ``nt_xent`` is the papers'
+CONTRAST_LOSSES = ("nt_xent", "debiased", "hard_negative", "auc", "tempnet")
+#: debiased / hard-negative InfoNCE: class prior tau+ (Chuang et al. 2020) and hardness beta (Robinson et al. 2021)
+DEBIASED_TAU_PLUS, HARD_NEGATIVE_BETA = 0.1, 1.0
+#: TemperatureNet bounds: [TEMPNET_MIN, TEMPNET_MAX_FACTOR * tau], starting at tau
+TEMPNET_MIN, TEMPNET_MAX_FACTOR = 0.05, 2.0
 
 
 class FastDropout(nn.Dropout):
@@ -271,15 +282,23 @@ class SeqRecModule(ContrastiveModule):
                  max_len: int = 50, dropout: float = 0.5, lam: float = 0.1, beta: float = 0.05,
                  reg_weight: float = 0.1, tau: float = 1.0, eta: float = 0.5, gamma: float = 0.5,
                  reorder_beta: float = 0.8, lr: float = 1e-3, weight_decay: float = 0.0,
-                 exclude_seen: bool = True, ks: tuple[int, ...] = (5, 10, 20), cl_positions: str = "last") -> None:
+                 exclude_seen: bool = True, ks: tuple[int, ...] = (5, 10, 20), cl_positions: str = "last",
+                 contrast_loss: str = "nt_xent") -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if contrast_loss not in CONTRAST_LOSSES:
+            raise ValueError(f"contrast_loss must be one of {CONTRAST_LOSSES}, got {contrast_loss!r}")
+        if contrast_loss == "tempnet" and not TEMPNET_MIN < tau < TEMPNET_MAX_FACTOR * tau:
+            raise ValueError(f"contrast_loss='tempnet' needs tau > {TEMPNET_MIN} (its lower bound), got {tau}")
         if cl_positions not in ("last", "all"):
             raise ValueError(f"cl_positions must be 'last' or 'all', got {cl_positions!r}")
         super().__init__(SASRec(n_items, dim, layers, heads, max_len, dropout), None, optimizer="adam", lr=lr,
                          weight_decay=weight_decay, scheduler="constant", log_diagnostics=False)
         self.method, self.lam, self.beta, self.reg_weight, self.tau = method, lam, beta, reg_weight, tau
-        self.cl_positions = cl_positions
+        self.cl_positions, self.contrast_loss = cl_positions, contrast_loss
+        # TempNet: a per-view temperature predicted from the view's state (trained with the encoder)
+        self.tempnet = (TemperatureNet(dim, tau_min=TEMPNET_MIN, tau_max=TEMPNET_MAX_FACTOR * tau, init=tau)
+                        if contrast_loss == "tempnet" and method in ("cl4srec", "mclrec") else None)
         self.rates = (eta, gamma, reorder_beta)
         self.exclude_seen, self.ks = exclude_seen, tuple(ks)
         if method == "mclrec":
@@ -335,7 +354,18 @@ class SeqRecModule(ContrastiveModule):
         return self._encode_views(self._augment(batch))
 
     def _con(self, a: Tensor, b: Tensor) -> Tensor:
-        return nt_xent(a, b, temperature=self.tau, similarity="dot")
+        """The sequence-level contrastive term of two views (dot similarity), objective ``contrast_loss``."""
+        kind = self.contrast_loss
+        if kind == "nt_xent":
+            return nt_xent(a, b, temperature=self.tau, similarity="dot")
+        if kind in ("debiased", "hard_negative"):
+            return debiased_info_nce(a, b, temperature=self.tau, tau_plus=DEBIASED_TAU_PLUS, two_n=True,
+                                     beta=HARD_NEGATIVE_BETA if kind == "hard_negative" else 0.0, similarity="dot")
+        if kind == "auc":  # both directions, as NT-Xent's 2N anchors
+            return 0.5 * (auc_contrastive(a, b, temperature=self.tau, similarity="dot")
+                          + auc_contrastive(b, a, temperature=self.tau, similarity="dot"))
+        # tempnet: one temperature per anchor view of the 2N form
+        return nt_xent(a, b, temperature=self.tempnet(torch.cat([a, b])), similarity="dot")
 
     def _mcl_terms(self, views: tuple) -> tuple[Tensor, Tensor, Tensor]:
         """(L_cl1, L_cl2, R) of MCLRec on the batch's augmented sequences ``views``."""
@@ -417,7 +447,10 @@ class SeqRecModule(ContrastiveModule):
         if self.method != "mclrec":
             return super().configure_optimizers()
         wd = self.optim_config["weight_decay"]
-        enc = torch.optim.Adam(self.encoder.parameters(), lr=self.optim_config["lr"], weight_decay=wd)
+        enc_params = list(self.encoder.parameters())
+        if self.tempnet is not None:
+            enc_params += list(self.tempnet.parameters())
+        enc = torch.optim.Adam(enc_params, lr=self.optim_config["lr"], weight_decay=wd)
         aug = torch.optim.Adam(list(self.aug1.parameters()) + list(self.aug2.parameters()),
                                lr=self.optim_config["lr"], weight_decay=wd)
         return [enc, aug]

@@ -273,6 +273,7 @@ def build_module(cfg: RecConfig, exp: Experiment, method: str) -> SeqRecModule:
                         max_len=cfg.max_len, dropout=cfg.dropout, reg_weight=cfg.reg_weight, tau=cfg.tau,
                         eta=cfg.crop_eta, gamma=cfg.mask_gamma, reorder_beta=cfg.reorder_beta, lr=cfg.lr,
                         weight_decay=cfg.weight_decay, exclude_seen=cfg.exclude_seen, cl_positions=cfg.cl_positions,
+                        contrast_loss=cfg.contrast_loss,
                         **cfg.method_weights(method))
 
 
