@@ -91,6 +91,9 @@ class TrackingSettings(_SimulatorOptions, AppSettings):
                                              "event; 0: off", low=0, high=1, high_open=True)
     train_events: int = option(80, help="number of simulated training events (split evenly over --train-pileup)",
                                low=1)
+    straight: bool = option(False, help="--train-source sim: simulate straight tracks (no magnetic field) through "
+                                        "the planar forward detector inferred from the planes of --data's hits "
+                                        "(apps/tracking/planar.py) instead of helices in the TrackML geometry")
     train_pileup: list[float] = option([5.0, 10.0], help="pile-up levels (mean number of collisions per event) of "
                                                          "the training events", low=0, low_open=True)
     eval_pileup: list[float] = option([5.0, 10.0, 20.0], help="pile-up levels of the simulated test events (one "

@@ -12,7 +12,10 @@ only those events are scored, and the report goes to ``<run-dir>/eval/<name>/``.
   clusterer (set transformer over pivots, :mod:`apps.tracking.cluster`), when the run directory has one;
 * ``dbscan``: DBSCAN on the TrackML starter-kit helix-transformed coordinates, eps tuned on training events;
 * ``road``: classical road following (:mod:`apps.tracking.road`: triplet seeds, helix extension layer by layer),
-  cuts tuned on training events.
+  cuts tuned on training events;
+* ``road_gnn``: the same road following steered by the GNN's edge scores (seeds and extensions across low-score
+  graph edges vetoed, low-score candidates dropped, optionally chaining on the hits it leaves unassigned;
+  :func:`apps.tracking.road.hybrid_tracks`), cuts tuned on training events, when the model folder has them.
 
 Metrics per data set (means over events): ``trackml_score``, ``efficiency``, ``fake_rate`` (see
 :mod:`apps.tracking.metrics`), ``edge_efficiency`` / ``edge_purity`` of the edges kept after the score cut,
@@ -54,7 +57,7 @@ from apps.tracking.model import (  # noqa: E402
     knn_graph,
     reachable_share,
 )
-from apps.tracking.road import RoadConfig, road_tracks  # noqa: E402
+from apps.tracking.road import RoadConfig, hybrid_tracks, road_tracks  # noqa: E402
 from apps.tracking.simulate import Geometry, simulate_event  # noqa: E402
 from core.app import Run  # noqa: E402
 from core.app.files import save_figure  # noqa: E402
@@ -65,7 +68,8 @@ __all__ = ["reconstruct", "evaluate_events", "evaluate", "scored_events", "EVAL_
 EVAL_SEED = 2_000_000
 PT_BINS = np.array([0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0])
 METHOD_NAMES = {"gnn": "GNN + chaining", "gnn_cc": "GNN + cut/CC", "gnn_learned": "GNN + learned clusterer",
-                "dbscan": "DBSCAN (helix coords)", "road": "road following (triplet seeds + helix roads)"}
+                "dbscan": "DBSCAN (helix coords)", "road": "road following (triplet seeds + helix roads)",
+                "road_gnn": "road following steered by GNN edge scores"}
 BUILDER_METHOD = {"chain": "gnn", "cc": "gnn_cc", "learned": "gnn_learned"}
 
 
@@ -119,7 +123,7 @@ def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuni
                     keep_first: bool = True, clusterer: tuple | None = None) -> dict:
     """Per-method mean metrics over ``events`` plus efficiency-vs-pT counts and the first event's tracks."""
     methods = [m for m in METHOD_NAMES if (m != "gnn_learned" or clusterer is not None)
-               and (m != "road" or "road" in tuning)]
+               and (m != "road" or "road" in tuning) and (m != "road_gnn" or tuning.get("hybrid") is not None)]
     per = {m: [] for m in methods}
     weights_used: set[str] = set()
     eff_pt = {m: [np.zeros(len(PT_BINS) - 1), np.zeros(len(PT_BINS) - 1)] for m in methods}
@@ -140,6 +144,12 @@ def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuni
         t0 = time.perf_counter()
         road = road_tracks(xyz, _surfaces(ev), RoadConfig(**tuning["road"])) if "road" in tuning else None
         t_road = time.perf_counter() - t0
+        hyb, t_hyb = None, 0.0
+        if "road_gnn" in methods:
+            h = tuning["hybrid"]
+            t0 = time.perf_counter()
+            hyb = hybrid_tracks(xyz, _surfaces(ev), RoadConfig(**tuning["road"]), rec["edges"], rec["scores"], **h)
+            t_hyb = time.perf_counter() - t0 + rec["stages"]["embed"] + rec["stages"]["graph"] + rec["stages"]["gnn"]
         graph = edge_metrics(rec["edges"], pid, r, z)
         kept = edge_metrics(rec["edges"][:, rec["scores"] > cut], pid, r, z)
         stage = {"gnn_edge_auc": edge_auc(rec["edges"], rec["scores"], pid),
@@ -152,11 +162,13 @@ def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuni
             runs.insert(2, ("gnn_learned", rec["tracks_learned"], rec["seconds_learned"]))
         if road is not None:
             runs.append(("road", road, t_road))
+        if hyb is not None:
+            runs.append(("road_gnn", hyb, t_hyb))
         for m, tracks, secs in runs:
             row = {"trackml_score": trackml_score(tracks, pid, w), **track_metrics(tracks, pid),
                    "score_uniform": trackml_score(tracks, pid, w_uniform), **tracking_rates(tracks, pid),
                    "seconds_per_event": secs, "seconds_per_10k_hits": secs / len(pid) * 1e4, "hits": len(pid)}
-            if m not in ("dbscan", "road"):
+            if m not in ("dbscan", "road", "road_gnn"):
                 row.update(edge_efficiency=kept["edge_efficiency"], edge_purity=kept["edge_purity"],
                            graph_edge_efficiency=graph["edge_efficiency"], graph_edge_purity=graph["edge_purity"],
                            edges_per_hit=graph["n_edges"] / len(pid), **stage)
@@ -184,7 +196,12 @@ def _surfaces(ev: Event) -> np.ndarray | None:
     return None
 
 
-def _sim_events(cfg: TrackingSettings, geo: Geometry, level: float) -> list[Event]:
+def _sim_events(cfg: TrackingSettings, geo: Geometry | None, level: float) -> list[Event]:
+    seed = EVAL_SEED + cfg.seed * 10_000 + int(level * 10) * 100
+    if cfg.straight:  # straight tracks on the data's planar detector (its density: the detector's, not the level)
+        from apps.tracking.train import planar_events
+
+        return planar_events(cfg, seed, cfg.eval_events)
     return [simulate_event(geo, cfg.sim(level), seed=EVAL_SEED + cfg.seed * 10_000 + int(level * 10) * 100 + i,
                            name=f"event{i:09d}") for i in range(cfg.eval_events)]
 
@@ -217,7 +234,7 @@ def _eff_pt_plot(results: dict, path: Path) -> None:
     centres = np.sqrt(PT_BINS[:-1] * PT_BINS[1:])
     for ax, name in zip(axes[0], names):
         for m, style in (("gnn", "o-"), ("gnn_cc", "s--"), ("gnn_learned", "d-."), ("dbscan", "^:"),
-                         ("road", "v-")):
+                         ("road", "v-"), ("road_gnn", "x-")):
             if m not in results[name]["eff_pt"]:
                 continue
             mat, tot = results[name]["eff_pt"][m]
@@ -277,14 +294,14 @@ def evaluate(run: Run, real: tuple[str, list[Event]] | None = None) -> dict | No
     """Reconstruct the test events with the trained pipeline and the baselines; write ``report.json`` /
     ``report.md`` and the plots into the report folder (``<run-dir>``, or ``<run-dir>/eval/<data>`` with
     ``--eval-data``). Runs on the main process (the others return None at once); returns the report."""
-    from apps.tracking.train import _quiet, load_clusterer, load_models, load_road, model_dir
+    from apps.tracking.train import _quiet, load_clusterer, load_hybrid, load_models, load_road, model_dir
 
     s = run.settings
     _quiet()
     real_name, real_events = real if real is not None else scored_events(s)
     root = model_dir(run)
     embed, gnn, tuning = load_models(s, root)
-    tuning = {**tuning, "road": load_road(s, root).to_dict()}
+    tuning = {**tuning, "road": load_road(s, root).to_dict(), "hybrid": load_hybrid(root)}
     clusterer = load_clusterer(s, root, required=s.builder == "learned")
     if not run.is_main:
         return None
@@ -293,7 +310,7 @@ def evaluate(run: Run, real: tuple[str, list[Event]] | None = None) -> dict | No
     folder = run.report_dir or run.run_dir.path
     results = {}
     if not s.eval_data and s.eval_events > 0:  # simulated test sets on the training geometry (the run's own report)
-        geo = Geometry.from_file(find_detectors(s.data))
+        geo = None if s.straight else Geometry.from_file(find_detectors(s.data))
         for level in s.eval_pileup:
             name = f"sim-pu{level:g}"
             run.log(f"evaluating {name} ({s.eval_events} events)")
@@ -341,6 +358,14 @@ def evaluate(run: Run, real: tuple[str, list[Event]] | None = None) -> dict | No
         "road: " + ", ".join(f"{k} {v:g}" for k, v in tuning["road"].items()) + " (apps/tracking/road.py; cuts "
         "from road.json in the model folder, tuned on training events, else the defaults).",
     ]
+    if tuning["hybrid"] is not None:
+        report.notes.append("road_gnn: road following with those cuts, seeds and extensions across kNN-graph edges "
+                            "scoring below gnn_cut vetoed, candidates with mean edge score below track_cut dropped, "
+                            "then chaining over edges above fill_cut on the hits left unassigned (None: no "
+                            "chaining), keeping chains of fill_min_hits+ hits whose helix fit residual is within "
+                            "fill_quality; tuned on training events (hybrid.json: best score at a fake rate no "
+                            "higher than plain road following's): "
+                            + ", ".join(f"{k} {v}" for k, v in tuning["hybrid"].items()) + ".")
     report.plots = plots
     report.extra = {"headline_dataset": real_name, "method": head, "description": description,
                     "method_names": METHOD_NAMES, "tuned": tuning, "per_dataset": per_dataset,

@@ -29,6 +29,8 @@ Everything is numpy on CPU; the cuts are plain numbers (:class:`RoadConfig`), tu
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -36,7 +38,9 @@ import numpy as np
 
 from core.app import InputError
 
-__all__ = ["RoadConfig", "find_seeds", "fit_circle", "follow", "road_tracks", "tune_road", "ROAD_GRID"]
+__all__ = ["RoadConfig", "find_seeds", "fit_circle", "follow", "road_tracks", "tune_road", "ROAD_GRID", "EdgeScores",
+           "road_candidates", "select_tracks", "hybrid_tracks", "fill_leftovers", "helix_quality", "tune_hybrid",
+           "HYBRID_GRID"]
 
 
 @dataclass(frozen=True)
@@ -207,11 +211,40 @@ class _Helix:
         return path, res_xy, res_z
 
 
+class EdgeScores:
+    """Learned scores of hit pairs (the GNN's edge scores on the kNN graph), looked up by pair in either
+    direction; a pair that is no edge of the graph has no score (NaN). A pair listed twice keeps its higher score."""
+
+    def __init__(self, n: int, edges: np.ndarray, scores: np.ndarray) -> None:
+        e = np.asarray(edges, dtype=np.int64).reshape(2, -1)
+        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if s.shape[0] != e.shape[1]:
+            raise InputError(f"edge scores: {e.shape[1]} edges but {s.shape[0]} scores")
+        self.n = int(n)
+        keys = np.minimum(e[0], e[1]) * self.n + np.maximum(e[0], e[1])
+        order = np.argsort(keys, kind="stable")
+        keys, s = keys[order], s[order]
+        self.keys, start = np.unique(keys, return_index=True)
+        self.scores = np.maximum.reduceat(s, start) if len(s) else s
+
+    def __call__(self, i, j) -> np.ndarray:
+        """Score of the pairs (i, j) (broadcast), NaN where the pair is no edge."""
+        i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+        k = np.minimum(i, j) * self.n + np.maximum(i, j)
+        if len(self.keys) == 0:
+            return np.full(k.shape, np.nan)
+        pos = np.minimum(np.searchsorted(self.keys, k), len(self.keys) - 1)
+        return np.where(self.keys[pos] == k, self.scores[pos], np.nan)
+
+
 def follow(xyz: np.ndarray, seed: np.ndarray, free: np.ndarray, cfg: RoadConfig,
-           phi_index: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[int], float]:
+           phi_index: tuple[np.ndarray, np.ndarray] | None = None,
+           veto: tuple[EdgeScores, float] | None = None) -> tuple[list[int], float]:
     """Extend one seed outwards along its helix (module docstring, step 2) over the hits with ``free`` True;
     returns the track's hit indices (seed first) and its mean normalised residual. ``phi_index`` (the hits'
-    order by azimuth and the sorted azimuths) only speeds up the search."""
+    order by azimuth and the sorted azimuths) only speeds up the search. ``veto`` = (edge scores, cut): a hit
+    joined to the track's last hit by a graph edge scoring below the cut is not taken (pairs without an edge
+    are not vetoed)."""
     track = [int(i) for i in seed]
     helix = _Helix(xyz[track])
     # candidate pool: free hits in the azimuth range the seed's helix can still reach, near its circle (a
@@ -244,6 +277,8 @@ def follow(xyz: np.ndarray, seed: np.ndarray, free: np.ndarray, cfg: RoadConfig,
         wxy = cfg.win_xy + cfg.win_xy_slope * path / 100.0
         wz = cfg.win_z + cfg.win_z_slope * path / 100.0
         ok = (~taken) & (path <= cfg.max_gap) & (rxy <= wxy) & (rz <= wz)
+        if veto is not None and ok.any():
+            ok &= ~(veto[0](track[-1], pool) < veto[1])  # NaN (no edge) compares False: not vetoed
         if not ok.any():
             break
         idx = np.flatnonzero(ok)
@@ -260,8 +295,7 @@ def follow(xyz: np.ndarray, seed: np.ndarray, free: np.ndarray, cfg: RoadConfig,
     return track, quality
 
 
-def road_tracks(xyz: np.ndarray, surface: np.ndarray | None = None, cfg: RoadConfig | None = None) -> np.ndarray:
-    """Track id per hit (0 = unassigned) from road following (module docstring)."""
+def _inputs(xyz, surface, cfg):
     cfg = (cfg or RoadConfig()).check()
     xyz = np.asarray(xyz, dtype=np.float64)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
@@ -272,35 +306,128 @@ def road_tracks(xyz: np.ndarray, surface: np.ndarray | None = None, cfg: RoadCon
         raise InputError(f"road following: surface ids must have shape ({n},), got {surface.shape}")
     if surface.min(initial=0) < 0:  # no surfaces given: every hit its own (seeds only need distinct ones)
         surface = np.arange(n)
-    labels = np.zeros(n, dtype=np.int64)
+    return xyz, surface, cfg
+
+
+def road_candidates(xyz: np.ndarray, surface: np.ndarray | None = None, cfg: RoadConfig | None = None,
+                    veto: tuple[EdgeScores, float] | None = None) -> list[tuple[list[int], float, float]]:
+    """Candidate tracks of every seed (module docstring, steps 1-2): (hit indices, mean normalised residual,
+    mean learned score of its consecutive hit pairs that are graph edges, NaN without ``veto`` or such pairs).
+    With ``veto`` = (edge scores, cut), seeds with a hit pair scoring below the cut are dropped and extensions
+    across such pairs are not taken (:func:`follow`)."""
+    xyz, surface, cfg = _inputs(xyz, surface, cfg)
+    n = len(xyz)
     if n < 3:
-        return labels
+        return []
     seeds = find_seeds(xyz, surface, cfg)
+    if veto is not None and len(seeds):
+        low = (veto[0](seeds[:, 0], seeds[:, 1]) < veto[1]) | (veto[0](seeds[:, 1], seeds[:, 2]) < veto[1])
+        seeds = seeds[~low]
     free = np.ones(n, dtype=bool)
     phi = np.arctan2(xyz[:, 1], xyz[:, 0])
     phi_order = np.argsort(phi, kind="stable")
     phi_index = (phi_order, phi[phi_order])
     owner = np.full(n, -1, dtype=np.int64)
-    cands: list[tuple[list[int], float]] = []
+    cands: list[tuple[list[int], float, float]] = []
     for sd in seeds:
         o = owner[sd]
         if o[0] >= 0 and o[0] == o[1] == o[2]:
             continue  # the seed lies on an earlier candidate
-        track, q = follow(xyz, sd, free, cfg, phi_index)
+        track, q = follow(xyz, sd, free, cfg, phi_index, veto)
         if len(track) < cfg.min_hits:
             continue
         owner[np.array(track)[owner[track] < 0]] = len(cands)
-        cands.append((track, q))
+        g = float("nan")
+        if veto is not None:
+            sc = veto[0](track[:-1], track[1:])
+            g = float(np.nanmean(sc)) if np.isfinite(sc).any() else float("nan")
+        cands.append((track, q, g))
+    return cands
+
+
+def select_tracks(n: int, cands: list[tuple[list[int], float, float]], min_hits: int = 4,
+                  track_cut: float = 0.0) -> np.ndarray:
+    """Track id per hit (0 = unassigned) from candidates (module docstring, step 3): best first (more hits, then
+    smaller residual), hits used once, a candidate kept with at least ``min_hits`` unused hits. Candidates whose
+    mean learned pair score is below ``track_cut`` are dropped first (those without a score are kept)."""
+    cands = [c for c in cands if not (c[2] < track_cut)]
     order = sorted(range(len(cands)), key=lambda i: (-len(cands[i][0]), cands[i][1]))
+    labels = np.zeros(n, dtype=np.int64)
     used = np.zeros(n, dtype=bool)
     tid = 0
     for i in order:
         t = np.array(cands[i][0])
         t = t[~used[t]]
-        if len(t) >= cfg.min_hits:
+        if len(t) >= min_hits:
             tid += 1
             labels[t] = tid
             used[t] = True
+    return labels
+
+
+def road_tracks(xyz: np.ndarray, surface: np.ndarray | None = None, cfg: RoadConfig | None = None) -> np.ndarray:
+    """Track id per hit (0 = unassigned) from road following (module docstring)."""
+    xyz, surface, cfg = _inputs(xyz, surface, cfg)
+    return select_tracks(len(xyz), road_candidates(xyz, surface, cfg), cfg.min_hits)
+
+
+def helix_quality(xyz: np.ndarray, cfg: RoadConfig) -> float:
+    """Mean normalised residual of the helix fitted to hits (ordered by transverse radius): the
+    ``res_xy / win_xy + res_z / win_z`` of :func:`follow`'s candidates."""
+    pts = xyz[np.argsort(np.hypot(xyz[:, 0], xyz[:, 1]), kind="stable")]
+    h = _Helix(pts)
+    return float(np.mean(h.res_xy / cfg.win_xy + h.res_z / cfg.win_z))
+
+
+def fill_leftovers(labels: np.ndarray, xyz: np.ndarray, edges: np.ndarray, scores: np.ndarray, cut: float,
+                   min_hits: int, max_quality: float | None = None, cfg: RoadConfig | None = None,
+                   min_cohesion: float | None = None) -> np.ndarray:
+    """Add best-neighbour chaining tracks (:func:`apps.tracking.model.chain_tracks`, edges scoring above ``cut``)
+    built only from the hits ``labels`` leaves unassigned (0); tracks of fewer than ``min_hits`` hits stay
+    unassigned, and so do those whose fitted helix has a mean normalised residual (:func:`helix_quality`, windows
+    of ``cfg``) above ``max_quality``, and those whose cohesion (the mean score of all graph edges between two of
+    their hits, kept by the chaining or not) is below ``min_cohesion``."""
+    from apps.tracking.model import chain_tracks
+
+    n = len(labels)
+    free = labels == 0
+    e = np.asarray(edges).reshape(2, -1)
+    keep = free[e[0]] & free[e[1]]
+    ch = chain_tracks(n, e[:, keep], np.asarray(scores)[keep], np.asarray(xyz), cut, min_hits)
+    out = labels.copy()
+    ids, cnt = np.unique(ch[free], return_counts=True)
+    good = ids[cnt >= min_hits]
+    if min_cohesion is not None and len(good):
+        inside = keep & (ch[e[0]] == ch[e[1]])
+        lab = np.searchsorted(ids, ch[e[0, inside]])
+        tot = np.bincount(lab, weights=np.asarray(scores, dtype=np.float64)[inside], minlength=len(ids))
+        num = np.bincount(lab, minlength=len(ids))
+        coh = tot / np.maximum(num, 1)
+        good = good[coh[np.searchsorted(ids, good)] >= min_cohesion]
+    if max_quality is not None and len(good):
+        cfg = cfg or RoadConfig()
+        good = np.array([g for g in good if helix_quality(xyz[ch == g], cfg) <= max_quality], dtype=ids.dtype)
+    new = free & np.isin(ch, good)
+    _, inv = np.unique(ch[new], return_inverse=True)
+    out[new] = labels.max(initial=0) + 1 + inv
+    return out
+
+
+def hybrid_tracks(xyz: np.ndarray, surface: np.ndarray | None, cfg: RoadConfig, edges: np.ndarray,
+                  scores: np.ndarray, gnn_cut: float, track_cut: float = 0.0, fill_cut: float | None = None,
+                  fill_min_hits: int = 4, fill_quality: float | None = None,
+                  fill_cohesion: float | None = None) -> np.ndarray:
+    """Road following steered by learned edge scores (``road_gnn``): seeds and extensions across graph edges
+    scoring below ``gnn_cut`` are vetoed, candidates whose mean pair score is below ``track_cut`` dropped; with
+    ``fill_cut``, chaining on the edges above it adds tracks of at least ``fill_min_hits`` hits whose helix fits
+    within ``fill_quality`` and whose mean internal edge score is at least ``fill_cohesion`` (:func:`fill_leftovers`)
+    from the hits road following left unassigned."""
+    xyz, surface, cfg = _inputs(xyz, surface, cfg)
+    veto = (EdgeScores(len(xyz), edges, scores), gnn_cut)
+    labels = select_tracks(len(xyz), road_candidates(xyz, surface, cfg, veto), cfg.min_hits, track_cut)
+    if fill_cut is not None:
+        labels = fill_leftovers(labels, xyz, edges, scores, fill_cut, max(cfg.min_hits, fill_min_hits),
+                                fill_quality, cfg, fill_cohesion)
     return labels
 
 
@@ -329,3 +456,45 @@ def tune_road(events: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
             if sc > best_score:
                 best_score, best = sc, c
     return best, scores
+
+
+HYBRID_GRID = {"gnn_cut": (0.0, 0.1, 0.3), "track_cut": (0.0, 0.5), "fill_cut": (None, 0.5, 0.8),
+               "fill_min_hits": (4, 6, 8), "fill_quality": (None, 1.0), "fill_cohesion": (None, 0.7, 0.85)}
+
+
+def tune_hybrid(events: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                cfg: RoadConfig, grid: dict = HYBRID_GRID) -> tuple[dict, dict]:
+    """The cuts of :func:`hybrid_tracks` (every combination of ``grid``) chosen on ``events`` (xyz, surface,
+    particle id, weight, edges, edge scores): training events only. The choice: the best mean TrackML score among
+    the combinations whose mean fake rate is no higher than that of plain road following (no veto, no cut, no
+    filling: the first combination), at equal scores the lower fake rate; the candidates are built once per
+    ``gnn_cut`` (the slow part), the other cuts only change the selection. Returns the chosen cuts and (score,
+    fake rate) of every combination."""
+    from apps.tracking.metrics import track_metrics, trackml_score
+
+    res: dict[str, list[tuple[float, float]]] = {}
+    for x, srf, pid, w, e, sc in events:
+        x, srf, cfg = _inputs(x, srf, cfg)
+        es = EdgeScores(len(x), e, sc)
+        for g in grid["gnn_cut"]:
+            cands = road_candidates(x, srf, cfg, (es, g) if g > 0 else None)
+            for t in grid["track_cut"]:
+                if g == 0 and t > 0:
+                    continue  # without the veto the candidates carry no score
+                lab = select_tracks(len(x), cands, cfg.min_hits, t)
+                for f in grid["fill_cut"]:
+                    for m in grid["fill_min_hits"] if f is not None else (cfg.min_hits,):
+                        for qc, co in itertools.product(*(grid[k] if f is not None else (None,)
+                                                          for k in ("fill_quality", "fill_cohesion"))):
+                            out = lab if f is None else fill_leftovers(lab, x, e, sc, f, max(m, cfg.min_hits),
+                                                                        qc, cfg, co)
+                            key = json.dumps({"gnn_cut": g, "track_cut": t, "fill_cut": f, "fill_min_hits": m,
+                                              "fill_quality": qc, "fill_cohesion": co})
+                            alone = np.where(out > 0, out, -1 - np.arange(len(out)))  # unassigned: no track
+                            res.setdefault(key, []).append((trackml_score(out, pid, w),
+                                                            track_metrics(alone, pid, cfg.min_hits)["fake_rate"]))
+    mean = {k: tuple(float(a) for a in np.mean(v, axis=0)) for k, v in res.items()}
+    plain = next(iter(mean.values()))[1]
+    ok = {k: v for k, v in mean.items() if v[1] <= plain + 1e-12}
+    best = max(ok, key=lambda k: (ok[k][0], -ok[k][1]))  # equal scores: the fewer fakes, then the smaller cuts
+    return json.loads(best), {k: {"trackml_score": v[0], "fake_rate": v[1]} for k, v in mean.items()}

@@ -8,6 +8,7 @@ Run-directory layout (``<run-dir>/``, see :class:`core.app.RunDir`)::
     pipeline/seed<S>/gnn/gnn.pt            the trained GNN edge classifier (stage done)
     pipeline/seed<S>/tuning.json           edge-score cuts and the DBSCAN eps chosen on (up to 6) training events
     pipeline/seed<S>/road.json             the road-following baseline's cuts, chosen on training events
+    pipeline/seed<S>/hybrid.json           the cuts of road following steered by the GNN (road_gnn), ditto
     pipeline/seed<S>/cluster/cluster.pt    the trained learned clusterer (set transformer over pivots; stage done)
     pipeline/seed<S>/cluster/tuning.json   its membership threshold chosen on (up to 4) training events
     pipeline/seed<S>/*/checkpoints/        Lightning checkpoints: an interrupted stage resumes from last.ckpt
@@ -49,7 +50,8 @@ from core.training import fit_with_resume, seed_everything, stopped_by_deadline
 
 __all__ = ["prepare_event", "data_split", "training_events", "event_loader", "EmbedModule", "GNNModule",
            "ClusterModule", "check_data", "fit", "model_dir", "load_models", "load_clusterer", "TRAIN_SEED",
-           "PIPELINE", "load_road", "tune_road_baseline", "road_inputs", "split_by_particles", "real_events"]
+           "PIPELINE", "planar_events", "load_road", "tune_road_baseline", "tune_hybrid_cuts", "load_hybrid",
+           "road_inputs", "split_by_particles", "real_events"]
 
 TRAIN_SEED = 1_000_000  # simulated training events use seeds TRAIN_SEED + seed * 10_000 + i
 PIPELINE = "pipeline"  # the method folder of the trained models: <run-dir>/pipeline/seed<S>
@@ -110,10 +112,22 @@ def real_events(cfg: TrackingSettings, train: bool) -> list[Event]:
     return events
 
 
-def training_events(cfg: TrackingSettings, geo: Geometry) -> list[Event]:
-    """Simulated training events (``train_source='sim'``) or the truth-bearing events of ``--data``."""
+def planar_events(cfg: TrackingSettings, seed: int, n: int) -> list[Event]:
+    """``n`` simulated straight-track events (``--straight``) on the planar detector inferred from the hits of
+    ``--data`` (:meth:`apps.tracking.planar.PlanarDetector.from_events`); event i has seed ``seed + i``."""
+    from apps.tracking.planar import PlanarDetector, simulate_planar_event
+
+    det = PlanarDetector.from_events([read_event(p) for p in find_events(cfg.data)])
+    return [simulate_planar_event(det, seed=seed + i, name=f"event{i:09d}") for i in range(n)]
+
+
+def training_events(cfg: TrackingSettings, geo: Geometry | None) -> list[Event]:
+    """Simulated training events (``train_source='sim'``: helices on ``geo``, or with ``--straight`` straight
+    tracks on the planar detector of the data) or the truth-bearing events of ``--data``."""
     if cfg.train_source == "data":
         return real_events(cfg, train=True)
+    if cfg.straight:
+        return planar_events(cfg, TRAIN_SEED + cfg.seed * 10_000, cfg.train_events)
     levels = list(cfg.train_pileup)
     return [simulate_event(geo, cfg.sim(levels[i % len(levels)]), seed=TRAIN_SEED + cfg.seed * 10_000 + i,
                            name=f"event{i:09d}") for i in range(cfg.train_events)]
@@ -367,6 +381,27 @@ def tune_road_baseline(s: TrackingSettings, items: list[dict]) -> dict:
     return {"road": best.to_dict(), "road_scores": scores}
 
 
+@torch.no_grad()
+def tune_hybrid_cuts(s: TrackingSettings, gnn: EdgeGNN, graphs: list[dict], road: dict) -> dict:
+    """Cuts of road following steered by the GNN's edge scores (``road_gnn``, :func:`apps.tracking.road.
+    hybrid_tracks`) with the best mean TrackML score on ``--road-tune-events`` training events, on the road
+    cuts ``road`` (those of the baseline)."""
+    from apps.tracking.road import RoadConfig, tune_hybrid
+
+    events = []
+    for g in graphs[: s.road_tune_events]:
+        scores = torch.sigmoid(gnn(g["feats"], g["emb"], g["xyz"], g["edges"])).numpy().astype(np.float64)
+        events.append((*road_inputs(g), g["edges"].numpy(), scores))
+    best, scores = tune_hybrid(events, RoadConfig(**road))
+    return {"hybrid": best, "hybrid_scores": scores}
+
+
+def load_hybrid(folder: Path) -> dict | None:
+    """The tuned cuts of ``road_gnn`` in a model folder (None when it has none)."""
+    p = Path(folder) / "hybrid.json"
+    return read_json(p, "road+GNN tuning")["hybrid"] if p.is_file() else None
+
+
 def load_road(s: TrackingSettings, folder: Path):
     """The tuned road-following cuts of a model folder; the defaults (with ``--bfield``) when it has none."""
     from apps.tracking.road import RoadConfig
@@ -407,14 +442,14 @@ def fit(run: Run) -> bool:
     s = run.settings
     _quiet()
     check_data(s)
-    geo = Geometry.from_file(find_detectors(s.data))
+    geo = None if s.straight or s.train_source == "data" else Geometry.from_file(find_detectors(s.data))
     run.claim()
     root = model_dir(run)
     embed_pt, gnn_pt, db_json = root / "embed" / "embed.pt", root / "gnn" / "gnn.pt", root / "tuning.json"
     cl_pt, cl_json = root / "cluster" / "cluster.pt", root / "cluster" / "tuning.json"
-    road_json = root / "road.json"
+    road_json, hybrid_json = root / "road.json", root / "hybrid.json"
     # every rank decides which stages are done before anything of this call is written
-    done = {p: p.is_file() for p in (embed_pt, gnn_pt, db_json, cl_pt, cl_json, road_json)}
+    done = {p: p.is_file() for p in (embed_pt, gnn_pt, db_json, cl_pt, cl_json, road_json, hybrid_json)}
     if all(done.values()):
         run.log(f"models already trained in {root}")
         return True
@@ -440,6 +475,8 @@ def fit(run: Run) -> bool:
         write_json(db_json, {**tune_cuts(s, gnn, graphs), "dbscan_eps": eps, "dbscan_scores": scores})
     if not done[road_json] and run.is_main:
         write_json(road_json, tune_road_baseline(s, items))
+    if not done[hybrid_json] and run.is_main:
+        write_json(hybrid_json, tune_hybrid_cuts(s, gnn, graphs, load_road(s, root).to_dict()))
     if not (done[cl_pt] and done[cl_json]):
         inputs = [cluster_inputs(gnn, g) for g in graphs]
         if not done[cl_pt] and not _train_stage(run, "clusterer", ClusterModule(s), inputs, s.cluster_epochs,

@@ -82,19 +82,23 @@ def top_negative_threshold(
         self_g = self_id.to(dev) + off if self_id is not None else None
         tiles = resolve_tile_size(tile_size, B, candidates.shape[0], a.dtype, device=dev)
         col_tile = tiles[1] if tiles is not None else None
-        best = a.new_full((B, 0), float("-inf"))
+        row_tile = max(tiles[0], 1) if tiles is not None else max(B, 1)
+        rows = [(r0, min(r0 + row_tile, B)) for r0 in range(0, B, row_tile)]
+        bests = [a.new_full((r1 - r0, 0), float("-inf")) for r0, r1 in rows]  # one running top-(k+1) per row tile
         for shard, start in candidate_shards(candidates, gather, extra):
             step = col_tile or max(shard.shape[0], 1)
             for c0 in range(0, shard.shape[0], step):
                 part = shard[c0:c0 + step]
-                x = a @ part.T
                 ids = torch.arange(start + c0, start + c0 + part.shape[0], device=dev)
-                drop = pos_g[:, None] == ids[None, :]
-                if self_g is not None:
-                    drop |= self_g[:, None] == ids[None, :]
-                x = x.masked_fill(drop, float("-inf"))
-                both = torch.cat([best, x], 1)
-                best = both.topk(min(k + 1, both.shape[1]), dim=1).values
+                for i, (r0, r1) in enumerate(rows):  # a row tile x column tile block at a time, never B x cols
+                    x = a[r0:r1] @ part.T
+                    drop = pos_g[r0:r1, None] == ids[None, :]
+                    if self_g is not None:
+                        drop |= self_g[r0:r1, None] == ids[None, :]
+                    x = x.masked_fill(drop, float("-inf"))
+                    both = torch.cat([bests[i], x], 1)
+                    bests[i] = both.topk(min(k + 1, both.shape[1]), dim=1).values
+        best = torch.cat(bests, 0) if bests else a.new_full((0, k + 1), float("-inf"))
         if best.shape[1] < k + 1 or (full_validation() and bool(torch.isinf(best[:, k]).any())):
             n = int(torch.isfinite(best).sum(1).min()) if best.numel() else 0
             raise ValueError(f"top_k={k} must be smaller than the number of negatives per anchor ({n})")

@@ -257,3 +257,30 @@ def test_forward_detector_end_to_end_quick_reconstructs_the_tracks(tmp_path: Pat
     per = _forward_run(tmp_path, ["--quick", "--threads", "1", "--no-progress"], events=5)
     assert per["gnn_learned"]["efficiency_70"] > 0.85 and per["gnn_learned"]["fake_rate_70"] < 0.15
     assert per["gnn_learned"]["trackml_score"] > 0.85
+
+
+def test_straight_flag_trains_and_tests_on_straight_tracks_of_the_datas_planes(tmp_path: Path) -> None:
+    """--straight: the simulated training (and test) events are straight tracks on the planes of --data's hits,
+    with seeds disjoint between training and test; TrackML (barrel) data has no planes: a clear error."""
+    from apps.tracking.config import TrackingSettings
+    from apps.tracking.evaluate import _sim_events
+    from apps.tracking.train import training_events
+
+    det = PlanarDetector(planes_z=[250.0, 330.0, 480.0, 700.0], particles=40, hit_resolution=0.0, material=0.0)
+    write_generic(tmp_path / "fwd", simulate_planar_event(det, seed=1, name="rec"))
+    cfg = TrackingSettings(data=str(tmp_path / "fwd"), straight=True, train_events=2, eval_events=1)
+    train, test = training_events(cfg, None), _sim_events(cfg, None, 5.0)
+    assert len(train) == 2 and len(test) == 1
+    for ev in train + test:
+        h, pid = ev.hits, ev.particle_ids()
+        assert set(np.round(h.z.to_numpy(), 3)) <= {250.0, 330.0, 480.0, 700.0}
+        for p in np.unique(pid[pid > 0]):  # x, y linear in z along every particle (to the 20 um hit resolution)
+            m = pid == p
+            if m.sum() >= 3:
+                z = h.z[m].to_numpy()
+                for c in ("x", "y"):
+                    fit = np.polyfit(z, h[c][m].to_numpy(), 1)
+                    assert np.allclose(np.polyval(fit, z), h[c][m].to_numpy(), atol=0.2)
+    assert not np.array_equal(train[0].hits.x.to_numpy()[:5], test[0].hits.x.to_numpy()[:5])
+    with pytest.raises(InputError, match="at least 2 planes"):
+        training_events(TrackingSettings(straight=True, train_events=1), None)

@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 
 from apps.tracking.metrics import trackml_score
-from apps.tracking.road import RoadConfig, find_seeds, fit_circle, road_tracks, tune_road
+from apps.tracking.road import (
+    EdgeScores,
+    RoadConfig,
+    fill_leftovers,
+    find_seeds,
+    fit_circle,
+    helix_quality,
+    hybrid_tracks,
+    road_tracks,
+    tune_hybrid,
+    tune_road,
+)
 from core.app import InputError
 
 RADII = (32.0, 72.0, 116.0, 172.0, 260.0, 360.0, 500.0, 660.0, 820.0, 1020.0)
@@ -113,3 +124,91 @@ def test_bad_input_is_refused() -> None:
         road_tracks(np.zeros((5, 2)))
     with pytest.raises(InputError, match="win_xy"):
         road_tracks(np.zeros((5, 3)), None, RoadConfig(win_xy=-1.0))
+
+
+def test_edge_scores_look_up_pairs_in_either_direction() -> None:
+    es = EdgeScores(10, np.array([[0, 3, 5, 3], [3, 0, 9, 7]]), np.array([0.2, 0.6, 0.9, 0.1]))
+    got = es(np.array([3, 0, 9, 7, 1, 2]), np.array([0, 3, 5, 3, 2, 9]))
+    # (0, 3) listed twice keeps the higher score; pairs that are no edge have none (NaN)
+    assert got[:4] == pytest.approx([0.6, 0.6, 0.9, 0.1])
+    assert np.isnan(got[4:]).all()
+    assert np.isnan(EdgeScores(4, np.zeros((2, 0)), np.zeros(0))(0, 1))
+
+
+def decoy_event() -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    """One helix whose hit on the 360 mm layer is 1.5 mm off in z (still inside the road) and a noise hit
+    exactly on the helix on that layer: the road takes the noise hit (nearer the prediction). GNN scores: 0.9 on
+    the particle's consecutive pairs, 0.05 between the noise hit and every hit of the particle."""
+    good = helix_hits(1.0, 0.4, 1, 0.3)
+    layer = RADII.index(360.0)
+    decoy = good[layer].copy()
+    good[layer, 2] += 1.5
+    xyz = np.concatenate([good, decoy[None]])
+    n = len(good)
+    srf = np.array(list(range(n)) + [layer])
+    pairs = [(i, i + 1) for i in range(n - 1)] + [(i, n) for i in range(n)]
+    edges = np.array(pairs).T
+    scores = np.array([0.9] * (n - 1) + [0.05] * n)
+    return xyz, srf, np.array([1] * n + [0]), n, edges, scores
+
+
+def test_gnn_veto_keeps_the_road_off_a_low_score_hit() -> None:
+    xyz, srf, pid, decoy, edges, scores = decoy_event()
+    cfg = RoadConfig(bfield=B)
+    plain = road_tracks(xyz, srf, cfg)
+    assert plain[decoy] > 0 and plain[decoy] == plain[0]  # without the GNN the road takes the noise hit
+    assert hybrid_tracks(xyz, srf, cfg, edges, scores, gnn_cut=0.0).tolist() == plain.tolist()  # no veto: same
+    vetoed = hybrid_tracks(xyz, srf, cfg, edges, scores, gnn_cut=0.5)
+    assert vetoed[decoy] == 0  # the edge to the noise hit scores 0.05 < 0.5: vetoed
+    assert same_partition(vetoed[:decoy], pid[:decoy]) and vetoed[0] > 0  # the particle is one whole track
+    # a candidate whose mean pair score is below track_cut is dropped
+    assert (hybrid_tracks(xyz, srf, cfg, edges, scores, gnn_cut=0.5, track_cut=0.95) == 0).all()
+
+
+def test_fill_leftovers_adds_chains_of_unused_hits_only() -> None:
+    """Hits 0-4: a road track; 5-10: a free chain (6 hits); 11-13: a free 3-hit chain (too short); a high-score
+    edge 4-5 joins the road track to the free chain and must not merge them."""
+    xyz = np.array([[10.0 * (i + 1), 1.0 * i, 0.0] for i in range(14)])
+    labels = np.array([1] * 5 + [0] * 9)
+    pairs = [(i, i + 1) for i in range(13) if i != 10]
+    edges = np.array(pairs).T
+    scores = np.full(len(pairs), 0.9)
+    out = fill_leftovers(labels, xyz, edges, scores, cut=0.5, min_hits=4)
+    assert out[:5].tolist() == [1] * 5
+    assert len(set(out[5:11].tolist())) == 1 and out[5] == 2
+    assert out[11:].tolist() == [0, 0, 0]
+    # cohesion: a low-score edge inside the chain (5-10, not chained) lowers its mean edge score to 0.75
+    e2, s2 = np.concatenate([edges, [[5], [10]]], axis=1), np.append(scores, 0.0)
+    assert fill_leftovers(labels, xyz, e2, s2, cut=0.5, min_hits=4, min_cohesion=0.7).tolist() == out.tolist()
+    assert fill_leftovers(labels, xyz, e2, s2, cut=0.5, min_hits=4, min_cohesion=0.8).tolist() == labels.tolist()
+    # edges below the cut are not chained: nothing is added
+    assert fill_leftovers(labels, xyz, edges, np.full(len(pairs), 0.3), cut=0.5, min_hits=4).tolist() == \
+        labels.tolist()
+
+
+def test_helix_quality_separates_a_helix_from_a_merge() -> None:
+    cfg = RoadConfig(bfield=B)
+    a, b = helix_hits(1.0, 0.4, 1, 0.3), helix_hits(0.6, 1.2, -1, -0.2)
+    assert helix_quality(a, cfg) < 0.01
+    assert helix_quality(np.concatenate([a[:5], b[5:]]), cfg) > 1.0
+
+
+def test_tune_hybrid_picks_the_veto_that_removes_a_fake_track() -> None:
+    """A particle (pair scores 0.9) and a helix whose hits alternate between two particles (pair scores 0.05, no
+    score weight): plain road following builds the helix into a fake track (no majority particle); the veto
+    (gnn_cut 0.5) removes it at the same score, so it is chosen."""
+    a, fake = helix_hits(1.0, 0.4, 1, 0.3), helix_hits(0.8, -2.0, -1, -0.4, 20.0)
+    xyz = np.concatenate([a, fake])
+    n = len(a)
+    pid = np.array([1] * n + [2 + i % 2 for i in range(len(fake))])
+    srf = np.concatenate([np.arange(n), np.arange(len(fake))])
+    pairs = [(i, i + 1) for i in range(n - 1)] + [(n + i, n + i + 1) for i in range(len(fake) - 1)]
+    scores = np.array([0.9] * (n - 1) + [0.05] * (len(fake) - 1))
+    w = (pid == 1) / n
+    grid = {"gnn_cut": (0.0, 0.5), "track_cut": (0.0,), "fill_cut": (None,), "fill_min_hits": (4,),
+            "fill_quality": (None,), "fill_cohesion": (None,)}
+    best, table = tune_hybrid([(xyz, srf, pid, w, np.array(pairs).T, scores)], RoadConfig(bfield=B), grid)
+    assert best["gnn_cut"] == 0.5
+    rows = list(table.values())
+    assert rows[0]["fake_rate"] == pytest.approx(0.5) and rows[1]["fake_rate"] == 0.0
+    assert rows[0]["trackml_score"] == pytest.approx(1.0) and rows[1]["trackml_score"] == pytest.approx(1.0)

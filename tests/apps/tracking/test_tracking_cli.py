@@ -25,7 +25,7 @@ TINY = ["--train-events", "2", "--train-pileup", "1", "--eval-pileup", "1", "--e
         "--gnn-hidden", "8", "--gnn-layers", "1", "--dbscan-eps", "0.05", "--k", "4", "--no-progress",
         "--threads", "1", "--cluster-epochs", "1", "--cluster-dim", "8", "--cluster-layers", "1",
         "--cluster-pivots", "64", "--cluster-candidates", "8"]
-METHODS = {"gnn_learned", "gnn", "gnn_cc", "dbscan", "road"}
+METHODS = {"gnn_learned", "gnn", "gnn_cc", "dbscan", "road", "road_gnn"}
 
 
 def _help(verb: str, capsys) -> str:
@@ -117,7 +117,9 @@ def test_tiny_run_report_resume_other_data_and_tour(tmp_path: Path, capsys) -> N
     assert 0 <= rows[("trackml-subset", "gnn_learned")]["metrics"]["trackml_score"] <= 1
     assert report["extra"]["method"] == "gnn_learned"  # the default builder
     assert "learned clusterer" in report["extra"]["description"]
-    assert set(report["baselines"]) == {"dbscan", "gnn_cc", "gnn", "road"}
+    assert set(report["baselines"]) == {"dbscan", "gnn_cc", "gnn", "road", "road_gnn"}
+    assert set(report["extra"]["tuned"]["hybrid"]) == {"gnn_cut", "track_cut", "fill_cut", "fill_min_hits",
+                                                       "fill_quality", "fill_cohesion"}
     for p in report["plots"]:
         assert (run_dir / p).stat().st_size > 0
     assert (run_dir / "report.md").is_file() and (run_dir / "settings.json").is_file()
@@ -143,7 +145,8 @@ def test_tiny_run_report_resume_other_data_and_tour(tmp_path: Path, capsys) -> N
     # --builder chain makes chaining the headline method; the learned clusterer becomes a baseline
     assert main(["evaluate", "--run-dir", str(run_dir), *TINY, "--builder", "chain"]) == 0
     chain = json.loads((run_dir / "report.json").read_text())
-    assert chain["extra"]["method"] == "gnn" and set(chain["baselines"]) == {"dbscan", "gnn_cc", "gnn_learned", "road"}
+    assert chain["extra"]["method"] == "gnn" and set(chain["baselines"]) == {"dbscan", "gnn_cc", "gnn_learned", "road",
+                                                                    "road_gnn"}
     assert chain["extra"]["per_dataset"]["trackml-subset"]["gnn"]["trackml_score"] == \
         rows[("trackml-subset", "gnn")]["metrics"]["trackml_score"]
     # evaluation on other data writes its own report and keeps the run's
