@@ -14,8 +14,8 @@ __all__ = ["tracking_tour", "tour_rows"]
 
 @register_tour("tracking")
 def tracking_tour(out_dir: Path, quick: bool) -> list[dict]:
-    """Fit and evaluate on the embedded data (``APP.main(["run", ...])``); one row per data set (the headline
-    builder's TrackML score vs DBSCAN's)."""
+    """Fit and evaluate on the embedded data (``APP.main(["run", ...])``); per data set, the headline builder's
+    TrackML score against each classical baseline (DBSCAN, road following)."""
     from apps.tracking.__main__ import APP
 
     t0 = time.perf_counter()
@@ -27,14 +27,18 @@ def tracking_tour(out_dir: Path, quick: bool) -> list[dict]:
 
 
 def tour_rows(report: dict, folder: Path, quick: bool, seconds: float) -> list[dict]:
-    """The tour's rows of a ``report.json`` in ``folder``: per data set, the headline builder vs DBSCAN."""
+    """The tour's rows of a ``report.json`` in ``folder``: per data set, the headline builder against each
+    classical baseline the report has (DBSCAN, and road following when it was tuned)."""
     head = report["extra"]["method"]
     plots = [str(folder / p) for p in report["plots"]]
     rows = []
-    for i, (name, per) in enumerate(report["extra"]["per_dataset"].items()):
-        rows.append({"app": "tracking (GNN)", "dataset": name, "metric": "TrackML score",
-                     "value": per[head]["trackml_score"], "baseline": per["dbscan"]["trackml_score"],
-                     "baseline_name": METHOD_NAMES["dbscan"], "higher_is_better": True,
-                     "mode": "quick" if quick else "full", "full_mode_ref": "docs/apps/tracking.md",
-                     "seconds": seconds, **({"plots": plots} if i == 0 else {})})
+    for name, per in report["extra"]["per_dataset"].items():
+        for base in ("dbscan", "road"):
+            if base not in per:
+                continue
+            rows.append({"app": "tracking (GNN)", "dataset": name, "metric": "TrackML score",
+                         "value": per[head]["trackml_score"], "baseline": per[base]["trackml_score"],
+                         "baseline_name": METHOD_NAMES[base], "higher_is_better": True,
+                         "mode": "quick" if quick else "full", "full_mode_ref": "docs/apps/tracking.md",
+                         "seconds": seconds, **({"plots": plots} if not rows else {})})
     return rows

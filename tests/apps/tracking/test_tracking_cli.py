@@ -15,6 +15,7 @@ import pytest
 from apps.tracking.__main__ import APP, main
 from apps.tracking.config import SimulateSettings, TrackingSettings
 from apps.tracking.data import read_event
+from apps.tracking.evaluate import METHOD_NAMES
 from apps.tracking.tour import tour_rows
 from core.app import COMMON_FLAGS
 from core.tour import validate_rows
@@ -164,12 +165,14 @@ def test_tiny_run_report_resume_other_data_and_tour(tmp_path: Path, capsys) -> N
     assert main(["fit", "--run-dir", str(run_dir), *TINY, "--gnn-hidden", "12"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == files
-    # the tour's rows of this report are valid (headline builder vs DBSCAN per data set)
+    # the tour's rows of this report are valid (headline builder vs DBSCAN and road following per data set)
     tour = tour_rows(report, run_dir, quick=True, seconds=report["seconds"])
     validate_rows("tracking", tour)
-    assert [r["dataset"] for r in tour] == ["sim-pu1", "trackml-subset"]
-    assert tour[1]["value"] == rows[("trackml-subset", "gnn_learned")]["metrics"]["trackml_score"]
-    assert tour[1]["baseline"] == rows[("trackml-subset", "dbscan")]["metrics"]["trackml_score"]
+    assert [(r["dataset"], r["baseline_name"]) for r in tour] == [
+        (d, METHOD_NAMES[b]) for d in ("sim-pu1", "trackml-subset") for b in ("dbscan", "road")]
+    assert tour[2]["value"] == rows[("trackml-subset", "gnn_learned")]["metrics"]["trackml_score"]
+    assert tour[2]["baseline"] == rows[("trackml-subset", "dbscan")]["metrics"]["trackml_score"]
+    assert tour[3]["baseline"] == rows[("trackml-subset", "road")]["metrics"]["trackml_score"]
     assert all(Path(p).is_file() for p in tour[0]["plots"]) and tour[0]["mode"] == "quick"
 
 
