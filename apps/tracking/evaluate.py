@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from apps.tracking.config import TrackingSettings  # noqa: E402
 from apps.tracking.data import Event, dataset_name, find_detectors, find_events, read_event  # noqa: E402
 from apps.tracking.metrics import (  # noqa: E402
+    as_singletons,
     edge_metrics,
     efficiency_vs_pt,
     track_metrics,
@@ -119,15 +120,6 @@ def _pt_map(ev: Event) -> dict | None:
     return dict(zip(p["particle_id"].to_numpy().tolist(), np.hypot(p["px"], p["py"]).to_numpy().tolist()))
 
 
-def _unassigned_alone(labels: np.ndarray) -> np.ndarray:
-    """Road following's unassigned hits (track id 0) as one-hit tracks, as DBSCAN's noise is scored: otherwise
-    they form one large fake track in the figures."""
-    labels = np.asarray(labels).copy()
-    free = labels == 0
-    labels[free] = labels.max() + 1 + np.arange(int(free.sum()))
-    return labels
-
-
 def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuning: dict, cfg: TrackingSettings,
                     keep_first: bool = True, clusterer: tuple | None = None) -> dict:
     """Per-method mean metrics over ``events`` plus efficiency-vs-pT counts and the first event's tracks."""
@@ -170,9 +162,9 @@ def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuni
         if clusterer is not None:
             runs.insert(2, ("gnn_learned", rec["tracks_learned"], rec["seconds_learned"]))
         if road is not None:
-            runs.append(("road", _unassigned_alone(road), t_road))
+            runs.append(("road", as_singletons(road, road == 0), t_road))  # 0 = unassigned
         if hyb is not None:
-            runs.append(("road_gnn", _unassigned_alone(hyb), t_hyb))
+            runs.append(("road_gnn", as_singletons(hyb, hyb == 0), t_hyb))
         for m, tracks, secs in runs:
             row = {"trackml_score": trackml_score(tracks, pid, w), **track_metrics(tracks, pid),
                    "score_uniform": trackml_score(tracks, pid, w_uniform), **tracking_rates(tracks, pid),

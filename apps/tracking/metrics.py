@@ -27,7 +27,17 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["trackml_score", "match_tracks", "track_metrics", "edge_metrics", "true_edges", "efficiency_vs_pt",
-           "order_weight", "pt_weight", "official_weights", "uniform_weights", "tracking_rates", "ORDER_TEMPLATE"]
+           "order_weight", "pt_weight", "official_weights", "uniform_weights", "tracking_rates", "ORDER_TEMPLATE",
+           "as_singletons"]
+
+
+def as_singletons(labels: np.ndarray, alone: np.ndarray) -> np.ndarray:
+    """A copy of the track ids ``labels`` where each hit of the mask ``alone`` (noise, unassigned, too short) is
+    a one-hit track of its own (fresh ids above the largest), so the figures never count them as one track."""
+    labels = np.asarray(labels).astype(np.int64)  # a copy
+    alone = np.asarray(alone, dtype=bool)
+    labels[alone] = (labels.max() if labels.size else 0) + 1 + np.arange(int(alone.sum()))
+    return labels
 
 
 def match_tracks(track_id: np.ndarray, particle_id: np.ndarray) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
+from apps.tracking.metrics import as_singletons
 from core.losses import sup_con
 
 __all__ = [
@@ -292,9 +293,7 @@ def connected_components_tracks(n: int, edges: np.ndarray, scores: np.ndarray, c
     _, lab = connected_components(g, directed=False)
     size = np.bincount(lab)
     small = size[lab] < min_hits
-    lab = lab.astype(np.int64)
-    lab[small] = lab.max() + 1 + np.arange(int(small.sum()))
-    return lab
+    return as_singletons(lab, small)
 
 
 def chain_tracks(n: int, edges: np.ndarray, scores: np.ndarray, xyz: np.ndarray, cut: float,
@@ -330,10 +329,7 @@ def dbscan_tracks(xyz: np.ndarray, eps: float, min_samples: int = 1) -> np.ndarr
     from sklearn.cluster import DBSCAN
 
     lab = DBSCAN(eps=eps, min_samples=min_samples, algorithm="kd_tree").fit_predict(dbscan_features(xyz))
-    lab = lab.astype(np.int64)
-    noise = lab < 0
-    lab[noise] = lab.max() + 1 + np.arange(int(noise.sum()))
-    return lab
+    return as_singletons(lab, lab < 0)
 
 
 def edge_auc(edges: np.ndarray, scores: np.ndarray, particle_id: np.ndarray) -> float:

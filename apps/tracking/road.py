@@ -470,7 +470,7 @@ def tune_hybrid(events: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     filling: the first combination), at equal scores the lower fake rate; the candidates are built once per
     ``gnn_cut`` (the slow part), the other cuts only change the selection. Returns the chosen cuts and (score,
     fake rate) of every combination."""
-    from apps.tracking.metrics import track_metrics, trackml_score
+    from apps.tracking.metrics import as_singletons, track_metrics, trackml_score
 
     res: dict[str, list[tuple[float, float]]] = {}
     for x, srf, pid, w, e, sc in events:
@@ -490,7 +490,7 @@ def tune_hybrid(events: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
                                                                         qc, cfg, co)
                             key = json.dumps({"gnn_cut": g, "track_cut": t, "fill_cut": f, "fill_min_hits": m,
                                               "fill_quality": qc, "fill_cohesion": co})
-                            alone = np.where(out > 0, out, -1 - np.arange(len(out)))  # unassigned: no track
+                            alone = as_singletons(out, out == 0)  # unassigned: no track
                             res.setdefault(key, []).append((trackml_score(out, pid, w),
                                                             track_metrics(alone, pid, cfg.min_hits)["fake_rate"]))
     mean = {k: tuple(float(a) for a in np.mean(v, axis=0)) for k, v in res.items()}

@@ -219,14 +219,13 @@ def test_unassigned_road_hits_are_scored_as_one_hit_tracks():
     made singletons, two perfect tracks plus four unassigned hits of four different particles (noise and
     one-hit particles) give fake rate 0 (hand count), where the raw labels give one fake 4-hit track out of 3
     (1/3: no particle holds a majority of it)."""
-    from apps.tracking.evaluate import _unassigned_alone
-    from apps.tracking.metrics import track_metrics
+    from apps.tracking.metrics import as_singletons, track_metrics
 
     pid = np.array([1, 1, 1, 1, 2, 2, 2, 2, 0, 3, 4, 5])
     labels = np.array([1, 1, 1, 1, 2, 2, 2, 2, 0, 0, 0, 0])
     raw = track_metrics(labels, pid)
     assert raw["fake_rate"] == pytest.approx(1 / 3) and raw["n_tracks"] == 3
-    alone = _unassigned_alone(labels)
+    alone = as_singletons(labels, labels == 0)
     assert len(np.unique(alone[labels == 0])) == 4 and (alone[labels > 0] == labels[labels > 0]).all()
     fixed = track_metrics(alone, pid)
     assert fixed["fake_rate"] == 0.0 and fixed["n_tracks"] == 2 and fixed["efficiency"] == 1.0
