@@ -18,7 +18,7 @@ Settings are layered: defaults (or the quick preset), then ``--config`` YAML, th
 before anything is written. With ``devices x num_nodes > 1`` the runner starts the processes (Lightning's
 launcher), every core loss gathers negatives from every rank and BatchNorm is synchronised. Exit status: 0; 2 and
 ``error: <message>`` for bad input; 3 when ``--max-minutes`` stopped some training (re-running continues); 130 on
-Ctrl-C outside a fit (re-running the command resumes).
+Ctrl-C, also inside a Lightning fit (re-running the command resumes from the last checkpoint).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +195,13 @@ class App:
                  if getattr(args, f.name, None) is not None}
         if "run_dir" not in flags and "run_dir" not in yaml_options and args.quick:
             flags["run_dir"] = base.run_dir
+        if args.quick and yaml_options:
+            full = self.base_settings(cls, False)
+            for name, value in yaml_options.items():
+                if name not in flags and getattr(base, name) != getattr(full, name) and value != getattr(base, name):
+                    print(f"note: {name} = {value} from {args.config} replaces the --quick preset's "
+                          f"{getattr(base, name)} (the config file layers over --quick; a flag overrides both)",
+                          file=sys.stderr)
         return layer(base, yaml_options, flags).validate()
 
     # ---- parser ---------------------------------------------------------------------------------------------
@@ -226,17 +235,25 @@ class App:
         argv = list(sys.argv[1:] if argv is None else argv)
         args = self.parser().parse_args(argv)
         command = shlex.join(["python", "-m", f"apps.{self.name}", *argv])
-        try:
-            return self._main(args, command)
-        except InputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(INTERRUPTED, file=sys.stderr)
-            return 130
+        with _ctrl_c_seen() as seen:
+            try:
+                return self._main(args, command)
+            except SystemExit as e:
+                # Lightning answers Ctrl-C inside a fit by saving what it can and calling sys.exit(1): the same
+                # "interrupted" line and status 130 as a Ctrl-C anywhere else
+                if seen() and e.code == 1:
+                    print(INTERRUPTED, file=sys.stderr)
+                    return 130
+                raise
+            except InputError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            except (ValueError, FileNotFoundError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print(INTERRUPTED, file=sys.stderr)
+                return 130
 
     def _main(self, args: argparse.Namespace, command: str) -> int:
         verb = self.verbs[args.verb]
@@ -341,3 +358,27 @@ def _range_text(meta: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+class _ctrl_c_seen:
+    """Within the block, remember whether SIGINT arrived (then act as Python's default handler: raise
+    KeyboardInterrupt); ``with _ctrl_c_seen() as seen: ... seen()``. Only in the main thread; restores the handler."""
+
+    def __enter__(self):
+        self.hit = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                self.hit = True
+                if self.previous == signal.SIG_IGN:
+                    return None
+                if callable(self.previous) and self.previous is not handler:
+                    return self.previous(signum, frame)
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, handler)
+        return lambda: self.hit
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

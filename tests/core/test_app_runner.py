@@ -75,6 +75,19 @@ def test_layering_defaults_then_yaml_then_flags(tmp_path):
     assert (s.epochs, s.run_dir) == (4, "runs/toy")
 
 
+def test_config_over_quick_says_which_preset_values_it_replaces(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 7\nbatch_size: 16\n")  # the quick preset sets epochs (2), not batch_size
+    toy_app.APP.settings_from_args(toy_app.APP.parser().parse_args(["fit", "--quick", "--config", str(cfg)]))
+    err = capsys.readouterr().err
+    assert "epochs = 7 from" in err and "--quick preset's 2" in err and "batch_size" not in err
+    toy_app.APP.settings_from_args(toy_app.APP.parser().parse_args(["fit", "--quick", "--config", str(cfg),
+                                                                      "--epochs", "3"]))
+    assert capsys.readouterr().err == ""  # a flag overrides both: nothing replaced silently
+    toy_app.APP.settings_from_args(toy_app.APP.parser().parse_args(["fit", "--config", str(cfg)]))
+    assert capsys.readouterr().err == ""
+
+
 def test_fingerprint_ignores_non_model_fields():
     assert fingerprint(S()) == fingerprint(S(threads=3, note="x", devices=4, run_dir="elsewhere", seed=5))
     assert fingerprint(S()) != fingerprint(S(lr=0.5))
@@ -394,3 +407,29 @@ def test_a_capped_run_exits_3_and_a_rerun_finishes(tmp_path, capsys):
     assert (run_dir / "infonce" / "seed0" / "checkpoints" / "epoch=1-step=16.ckpt").is_file()
     # a fit that ends its last epoch after the deadline is complete, not capped
     assert toy_app.main([*base, "--run-dir", str(tmp_path / "one"), "--epochs", "1", "--max-minutes", "0.00001"]) == 0
+
+
+def test_ctrl_c_inside_a_lightning_fit_exits_130_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+    import signal
+
+    run_dir = tmp_path / "run"
+    base = ["fit", "--quick", "--run-dir", str(run_dir), "--threads", "1", "--no-progress", "--accelerator", "cpu"]
+    step = toy_app.ToyModule.contrastive_step
+    calls = []
+
+    def interrupted_step(self, batch):
+        calls.append(1)
+        if len(calls) == 11:  # in epoch 2 of 2 (8 steps per epoch): a real SIGINT, as Ctrl-C sends
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch)
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(toy_app.ToyModule, "contrastive_step", interrupted_step)
+    assert toy_app.main(base) == 130
+    assert "interrupted: re-run the same command" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # the runner's handler is gone again
+    ckpts = run_dir / "infonce" / "seed0" / "checkpoints"
+    assert (ckpts / "epoch=0-step=8.ckpt").is_file()  # the finished epoch is kept
+    monkeypatch.setattr(toy_app.ToyModule, "contrastive_step", step)
+    assert toy_app.main(base) == 0
+    assert (ckpts / "epoch=1-step=16.ckpt").is_file()
