@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from apps.recommendation.config import RecConfig
 from apps.recommendation.data import SequenceData, load_sequences, sample_users
 from apps.recommendation.model import SeqRecModule
 from core.app import InputError, current, is_main_process, load_torch, read_json, save_torch, write_json
-from core.training import default_callbacks, fit_with_resume, seed_everything, stopped_by_deadline
+from core.training import MovableCheckpoint, default_callbacks, fit_with_resume, seed_everything, stopped_by_deadline
 
 __all__ = ["Experiment", "prepare", "TrainBatches", "EvalBatches", "fit_method", "load_model", "build_module",
            "train_windows", "train_prefixes", "best_of", "LengthBucketSampler", "train_loader", "eval_loader",
@@ -369,7 +369,7 @@ def fit_method(cfg: RecConfig, exp: Experiment, method: str, out: Path, seed: in
     module = build_module(cfg, exp, method)
     loader = train_loader(cfg, exp, method, seed)
     # weights only (3.5 MB on Beauty instead of 11 MB with Adam's state): it is only ever loaded as weights
-    best = ModelCheckpoint(dirpath=out / "checkpoints" / "best", filename="best", monitor="val/ndcg@10", mode="max",
+    best = MovableCheckpoint(dirpath=out / "checkpoints" / "best", filename="best", monitor="val/ndcg@10", mode="max",
                            save_top_k=1, save_last=False, save_weights_only=True)
     # `best` first: Lightning runs checkpoint callbacks in list order at each epoch end, and last.ckpt stores every
     # callback's state; after the resumable one, `best` would be stored with the previous epoch's best score, and a

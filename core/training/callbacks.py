@@ -7,7 +7,47 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-__all__ = ["checkpoint_dir", "default_callbacks", "csv_logger"]
+__all__ = ["checkpoint_dir", "default_callbacks", "csv_logger", "MovableCheckpoint"]
+
+
+class MovableCheckpoint(ModelCheckpoint):
+    """A :class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose state survives moving the run directory.
+
+    Lightning drops ``best_model_score``, the top-k bookkeeping and ``last_model_path`` when the directory a
+    checkpoint was saved from differs from the current one, and keeps ``best_model_path`` pointing into the old
+    place: a run moved (or copied) elsewhere and resumed would then overwrite its best checkpoint with any later
+    epoch, or load a file that no longer exists. Here paths under the old directory are re-rooted under the new one
+    (a path whose file is not there is dropped, with its score) and the state is restored as if never moved. Its
+    state is stored under ModelCheckpoint's key, so checkpoints of either class resume into the other."""
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def load_state_dict(self, state_dict):
+        old = state_dict.get("dirpath")
+        if old is not None and self.dirpath is not None and old != self.dirpath:
+            state_dict = dict(state_dict, dirpath=self.dirpath)
+
+            def moved(path):
+                if not path:
+                    return path
+                p = Path(path)
+                try:
+                    new = Path(self.dirpath) / p.relative_to(old)
+                except ValueError:
+                    return path  # not under the old directory: left as it is
+                return str(new) if new.exists() else ""
+
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state_dict:
+                    state_dict[key] = moved(state_dict[key])
+            if "best_k_models" in state_dict:
+                state_dict["best_k_models"] = {m: v for k, v in state_dict["best_k_models"].items()
+                                               if (m := moved(k))}
+            if not state_dict.get("best_model_path"):
+                state_dict["best_model_score"] = None
+        super().load_state_dict(state_dict)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -51,7 +91,7 @@ def default_callbacks(
         callbacks.append(TQDMProgressBar(refresh_rate=refresh_rate))
     if checkpoint:
         callbacks.append(
-            ModelCheckpoint(
+            MovableCheckpoint(
                 dirpath=checkpoint_dir(run_dir),
                 filename="{epoch}-{step}",
                 save_last=True,

@@ -24,6 +24,7 @@ from core.training import (
     AtomicCheckpointIO,
     ContrastiveModule,
     SimCLRModule,
+    default_callbacks,
     fit_with_resume,
     seed_everything,
     warmup_cosine,
@@ -305,3 +306,50 @@ def test_fit_with_resume_starts_fresh_without_checkpoint(tmp_path: Path) -> None
                               extra_callbacks=[rec])
     assert rec.start_step == 0 and trainer.global_step == 3
     assert (tmp_path / "logs" / "version_0" / "metrics.csv").exists()
+
+
+class _ScriptedVal(L.LightningModule):
+    """Logs a scripted validation score per epoch; its weights change every step."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(3))
+        self.scores = scores
+
+    def training_step(self, batch, batch_idx):
+        return ((self.w - 1.0) ** 2).sum() + 0.0 * batch[0].sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val", float(self.scores[self.current_epoch]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_movable_checkpoint_keeps_the_best_score_when_the_run_dir_moves(tmp_path: Path) -> None:
+    import shutil
+    import warnings
+
+    from core.training import MovableCheckpoint
+
+    scores = [0.5, 0.9, 0.3, 0.2]
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=2)
+
+    def fit(run_dir: Path, epochs: int) -> MovableCheckpoint:
+        best = MovableCheckpoint(dirpath=run_dir / "best", filename="best", monitor="val", mode="max",
+                                 save_top_k=1, save_weights_only=True)
+        kw = dict(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                  num_sanity_val_steps=0, callbacks=[best, *default_callbacks(run_dir, progress_bar=False)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit_with_resume(kw, _ScriptedVal(scores), (data, data), run_dir)
+        return best
+
+    fit(tmp_path / "a", 2)  # best at epoch 1 (0.9)
+    saved = load_torch(tmp_path / "a" / "best" / "best.ckpt")["state_dict"]["w"]
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    best = fit(tmp_path / "b", 4)  # epochs 2 and 3 score lower: best.ckpt must stay epoch 1's
+    assert best.best_model_score is not None and float(best.best_model_score) == pytest.approx(0.9)
+    assert Path(best.best_model_path) == tmp_path / "b" / "best" / "best.ckpt"
+    assert torch.equal(load_torch(best.best_model_path)["state_dict"]["w"], saved)
+    # plain Lightning would have forgotten the score and written epoch 2's weights (0.3) over it
