@@ -132,19 +132,22 @@ class TrainBatches:
     """Collate function of training rows: right-padded inputs / targets, plus DuoRec's same-target prefixes."""
 
     def __init__(self, exp: Experiment, max_len: int, same_target: bool, seed: int) -> None:
-        self.exp, self.max_len, self.same_target = exp, max_len, same_target
-        self.rng = np.random.default_rng(seed + 7919)
+        self.exp, self.max_len, self.same_target, self.seed = exp, max_len, same_target, seed
 
     def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
         rows = [self.exp.train_rows[i] for i in idx]
         batch = {"items": _pad([r[0] for r in rows]), "targets": _pad([r[1] for r in rows]),
                  "lengths": torch.tensor([len(r[0]) for r in rows])}
         if self.same_target:
+            # the partners are drawn from (seed, the batch's rows): the same batch gets the same partners whatever
+            # came before it, so a run resumed from a checkpoint (or a loader worker) draws what an unbroken run
+            # draws; the shuffled batches of each epoch differ, and so do their draws
+            rng = np.random.default_rng([self.seed, 7919, *map(int, idx)])
             last = np.array([int(r[1][-1]) for r in rows])
             same = []
             for r, g in zip(rows, last):
                 cand = self.exp.prefixes[int(g)]
-                u, p = cand[self.rng.integers(len(cand))]
+                u, p = cand[rng.integers(len(cand))]
                 seq = self.exp.train_seqs[u][max(0, p - self.max_len): p]
                 # a row whose target has a single training occurrence is its own (dropout-view) partner
                 same.append(seq if len(cand) > 1 else r[0])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from apps.recommendation.config import RecConfig
 from apps.recommendation.data import leave_one_out, load_sequences, sample_users
@@ -236,3 +237,29 @@ def test_best_of_is_the_first_epoch_with_the_highest_validation_ndcg() -> None:
             {"epoch": 5, "train_seconds": 1.0, "val": {"ndcg@10": 0.04}}]
     assert best_of(hist) == {"best_val_ndcg@10": 0.05, "best_epoch": 3}
     assert best_of(hist[1:2]) == {"best_val_ndcg@10": None, "best_epoch": None}
+
+
+def test_duorec_partners_depend_on_the_batch_only_so_resume_is_exact(tmp_path: Path) -> None:
+    from apps.recommendation.train import TrainBatches
+
+    rng = np.random.default_rng(0)
+    lines = [f"u{u} " + " ".join(str(int(i)) for i in rng.integers(1, 6, size=12)) for u in range(30)]
+    path = _write(tmp_path, "toy.txt", "\n".join(lines) + "\n")
+    exp = prepare(RecConfig(data=path, run_dir=str(tmp_path / "runs")))
+    first, second = list(range(0, 12)), list(range(12, 28))
+    assert len(exp.train_rows) >= 28
+    unbroken = TrainBatches(exp, 8, True, seed=3)
+    unbroken(first)
+    resumed = TrainBatches(exp, 8, True, seed=3)  # a resumed run never saw `first`
+    a, b = unbroken(second), resumed(second)
+    assert torch.equal(a["same_items"], b["same_items"]) and torch.equal(a["same_lengths"], b["same_lengths"])
+    # every partner is a training prefix that ends in the row's own target (or the row itself when it is alone)
+    for k, i in enumerate(second):
+        target = int(exp.train_rows[i][1][-1])
+        partner = a["same_items"][k, : a["same_lengths"][k]].tolist()
+        cands = exp.prefixes[target]
+        if len(cands) > 1:
+            assert any(exp.train_seqs[u][max(0, p - 8): p].tolist() == partner for u, p in cands)
+    # other seeds and other batches draw other partners
+    draws = {tuple(TrainBatches(exp, 8, True, seed=s)(second)["same_items"].flatten().tolist()) for s in range(6)}
+    assert len(draws) > 1
