@@ -87,6 +87,7 @@ CORE = {
                                                        tile_size=_tile(t)),
     "circle_loss": lambda z, t: L.circle_loss(z["q"], z["k"], margin=0.25, gamma=256.0, tile_size=_tile(t)),
     "multi_view_dhel": lambda z, t: L.multi_view_dhel(z["views"], temperature=0.2, tile_size=_tile(t)),
+    "cacr": lambda z, t: L.cacr(z["q"], z["k"], t_pos=1.0, t_neg=2.0, tile_size=_tile(t)),
 }
 TILES = {name: name != "align_uniform" for name in CORE}  # align_uniform is dense only
 
@@ -200,6 +201,14 @@ def _n_dhel(z, t: float = 0.2):
     return (energy - torch.logsumexp(torch.stack(pairs, 1), 1)).mean()
 
 
+def _n_cacr(z, t_neg: float = 2.0):
+    q, k = F.normalize(z["q"], dim=1), F.normalize(z["k"], dim=1)
+    d = 2.0 - 2.0 * (q @ k.T)
+    eye = _eye(d.shape[0])
+    w = torch.softmax((-t_neg * d).masked_fill(eye, float("-inf")), 1)
+    return (d.diagonal() - (w * d).sum(1)).mean()
+
+
 NAIVE = {
     "info_nce_tau_i": _n_info_nce_tau_i,
     "info_nce_top_k": _n_top_k,
@@ -213,6 +222,7 @@ NAIVE = {
     "poly_view_geo": lambda z: _n_poly_view(z, True),
     "circle_loss": _n_circle,
     "multi_view_dhel": _n_dhel,
+    "cacr": _n_cacr,
 }
 LABELS = {
     "info_nce_tau_i": "`info_nce`, per-anchor temperature (B,)",
@@ -227,6 +237,7 @@ LABELS = {
     "poly_view_geo": f"`poly_view_info_nce` geometric (M = {VIEWS})",
     "circle_loss": "`circle_loss` (index positives)",
     "multi_view_dhel": f"`multi_view_dhel` (V = {VIEWS})",
+    "cacr": "`cacr` (t+ = 1, t- = 2, index positives)",
 }
 
 

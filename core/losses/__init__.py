@@ -24,8 +24,9 @@ Losses (all also as ``nn.Module`` classes; every one but ``sup_re_mix`` runs den
 * :func:`poly_view_info_nce` -- Poly-View contrastive loss, arithmetic / geometric (Shidani et al. 2024);
 * :func:`circle_loss` -- circle loss with index or label positives (Sun et al. 2020);
 * :func:`multi_view_dhel` -- MV-DHEL, alignment decoupled from per-view energy (Koromilas et al. 2025);
+* :func:`cacr` -- contrastive attraction and contrastive repulsion, distance-weighted (Zheng et al. 2021);
 * :func:`info_nce_with_mixing` / :func:`info_nce_with_synthetic` -- MoCHi hard-negative mixing (Kalantidis et al.
-  2020; implemented in :mod:`core.negatives.mixing`, which holds the mining).
+  2020; the loss in :mod:`core.losses.mixing`, the mining in :mod:`core.negatives.mixing`).
 
 ``info_nce``, ``nt_xent`` and ``sup_con`` (and ``debiased_info_nce``, ``auc_contrastive``) accept a per-anchor
 temperature tensor; :class:`TemperatureNet` (TempNet) and :class:`PerSampleTemperature` (iSogCLR) produce one.
@@ -37,6 +38,7 @@ checks and the cross-rank error agreement on or off (see :mod:`core.negatives.va
 """
 
 from core.losses.auc import AUCContrastive, auc_contrastive
+from core.losses.cacr import CACR, cacr
 from core.losses.circle import CircleLoss, circle_loss
 from core.losses.con_r import ConR, con_r
 from core.losses.cpc import CPC, cpc
@@ -44,6 +46,7 @@ from core.losses.cwcl import CWCL, cwcl
 from core.losses.debiased import DebiasedInfoNCE, debiased_info_nce
 from core.losses.info_nce import InfoNCE, info_nce
 from core.losses.mean_shifted import MeanShifted, mean_shifted
+from core.losses.mixing import info_nce_with_mixing, info_nce_with_synthetic
 from core.losses.multi_view import MultiViewInfoNCE, multi_view_info_nce
 from core.losses.mv_dhel import MultiViewDHEL, multi_view_dhel
 from core.losses.nt_xent import NTXent, nt_xent
@@ -53,7 +56,6 @@ from core.losses.sup_con import SupCon, sup_con
 from core.losses.sup_re_mix import SupReMix, sup_re_mix
 from core.losses.temperature import PerSampleTemperature, TemperatureNet
 from core.losses.uniformity import AlignUniform, KernelUniformity, align_uniform, kernel_uniformity
-from core.negatives.mixing import info_nce_with_mixing, info_nce_with_synthetic
 from core.negatives.validation import validation, validation_mode
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "poly_view_info_nce", "PolyViewInfoNCE",
     "circle_loss", "CircleLoss",
     "multi_view_dhel", "MultiViewDHEL",
+    "cacr", "CACR",
     "TemperatureNet", "PerSampleTemperature",
     "info_nce_with_mixing", "info_nce_with_synthetic",
     "validation", "validation_mode",

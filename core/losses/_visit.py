@@ -22,7 +22,7 @@ from core.negatives.distributed import (
     gather_sizes,
     rank_offset,
 )
-from core.negatives.execution import resolve_tile_size
+from core.negatives.mode import ExecutionMode, execution_mode
 from core.negatives.validation import full_validation
 
 __all__ = ["candidate_shards", "local_offset", "top_negative_threshold"]
@@ -64,23 +64,33 @@ def candidate_shards(c: Tensor, gather: bool | str, extra: Tensor | None = None)
 
 def top_negative_threshold(
     anchors: Tensor, candidates: Tensor, scale: Tensor, k: int, *, pos_id: Tensor,
-    self_id: Tensor | None = None, extra: Tensor | None = None, tile_size=None, gather: bool | str = False,
+    self_id: Tensor | None = None, extra: Tensor | None = None, tile_size=None, gather: bool | str | None = False,
+    mode: ExecutionMode | None = None,
 ) -> Tensor:
     """Per anchor, a logit threshold that keeps exactly its ``k`` largest negative logits (``x > thr``).
 
     Logits are ``(anchors * scale) @ candidates.T``; negatives are every candidate but the positive
-    (``pos_id``, local candidate index) and the anchor itself (``self_id``). A running top-(k+1) is merged over
-    column tiles / shards; the threshold is the midpoint between the k-th and (k+1)-th largest, so the
-    rounding of a recomputed tile cannot move a negative across it (negatives tied with the k-th largest are
-    all kept). Raises ``ValueError`` when an anchor has no more than ``k`` negatives.
+    (``pos_id``, local candidate index) and the anchor itself (``self_id``). The pass runs in the execution mode
+    of the loss call (``mode``, or ``tile_size`` / ``gather`` through :func:`core.negatives.mode.execution_mode`),
+    one row tile x column tile block at a time: each block's own top-(k+1) is taken first and merged into that
+    row tile's running top-(k+1), so beside the block's logits only (rows, 2k + 2) values are alive. The
+    threshold is the midpoint between the k-th and (k+1)-th largest, so the rounding of a recomputed tile cannot
+    move a negative across it (negatives tied with the k-th largest are all kept). Raises ``ValueError`` when an
+    anchor has no more than ``k`` negatives.
     """
+    mode = execution_mode(tile_size, gather) if mode is None else mode
+    gather = mode.gather
     with torch.no_grad():
         a = anchors.detach() * scale.detach()
         B, dev = a.shape[0], a.device
-        off = local_offset(candidates.shape[0], gather)
+        N = candidates.shape[0]
+        off = local_offset(N, gather)
         pos_g = pos_id.to(dev) + off
         self_g = self_id.to(dev) + off if self_id is not None else None
-        tiles = resolve_tile_size(tile_size, B, candidates.shape[0], a.dtype, device=dev)
+        n_extra = 0 if extra is None else extra.shape[0]
+        # the shape of the loss pass's pair matrix (equal local batches), so "auto" decides alike for both passes
+        n_cols = N if gather == "ring" else N * mode.world + n_extra
+        tiles = mode.tiles(B, n_cols, a.dtype, dev)
         col_tile = tiles[1] if tiles is not None else None
         row_tile = max(tiles[0], 1) if tiles is not None else max(B, 1)
         rows = [(r0, min(r0 + row_tile, B)) for r0 in range(0, B, row_tile)]
@@ -89,14 +99,15 @@ def top_negative_threshold(
             step = col_tile or max(shard.shape[0], 1)
             for c0 in range(0, shard.shape[0], step):
                 part = shard[c0:c0 + step]
-                ids = torch.arange(start + c0, start + c0 + part.shape[0], device=dev)
-                for i, (r0, r1) in enumerate(rows):  # a row tile x column tile block at a time, never B x cols
+                first = start + c0
+                for i, (r0, r1) in enumerate(rows):
                     x = a[r0:r1] @ part.T
-                    drop = pos_g[r0:r1, None] == ids[None, :]
+                    _drop(x, pos_g[r0:r1] - first)
                     if self_g is not None:
-                        drop |= self_g[r0:r1, None] == ids[None, :]
-                    x = x.masked_fill(drop, float("-inf"))
-                    both = torch.cat([bests[i], x], 1)
+                        _drop(x, self_g[r0:r1] - first)
+                    top = x.topk(min(k + 1, x.shape[1]), dim=1).values
+                    del x
+                    both = torch.cat([bests[i], top], 1)
                     bests[i] = both.topk(min(k + 1, both.shape[1]), dim=1).values
         best = torch.cat(bests, 0) if bests else a.new_full((0, k + 1), float("-inf"))
         if best.shape[1] < k + 1 or (full_validation() and bool(torch.isinf(best[:, k]).any())):
@@ -106,3 +117,10 @@ def top_negative_threshold(
         tied = vk <= vk1
         tol = 1e-6 * vk.abs().clamp_min(1.0)
         return torch.where(tied, vk - tol, 0.5 * (vk + vk1))
+
+
+def _drop(x: Tensor, local_col: Tensor) -> None:
+    """``x[i, local_col[i]] = -inf`` in place, for the rows whose column falls inside this block."""
+    inside = (local_col >= 0) & (local_col < x.shape[1])
+    rows = torch.arange(x.shape[0], device=x.device)[inside]
+    x[rows, local_col[inside]] = float("-inf")

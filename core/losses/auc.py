@@ -21,12 +21,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import check_choice, check_pair, check_reduction, check_temperature, reduce
+from core.losses._module import loss_module
 from core.losses.engine import _index_fill, prepare, reduce_pairs, scale_anchors
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
 from core.negatives.execution import Block
+from core.negatives.mode import execution_mode
 
 __all__ = ["auc_contrastive", "AUCContrastive"]
 
@@ -62,33 +64,23 @@ def auc_contrastive(
         temperature: tau > 0 (a tensor keeps the graph); a (B,) tensor gives each anchor its own.
         similarity, reduction, tile_size, gather: as in :func:`core.losses.info_nce`.
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     check_pair("query", query, "key", key)
     B = query.shape[0]
     per_t = check_temperature("temperature", temperature, (B,))
     check_choice("similarity", similarity, ("cosine", "dot"))
     check_reduction(reduction)
-    if B * (world_size() if gather else 1) < 2:
+    if B * mode.world < 2:
         raise ValueError("the batch has no negatives: the AUC loss needs at least 2 samples")
     q, k = prepare(query, similarity, "query"), prepare(key, similarity, "key")
     qa, scale = scale_anchors(q, temperature, per_t)
     pos = (qa * k).sum(1) * scale
     row, _ = reduce_pairs(_auc_block, qa, k, row_kinds=("sum", "count"), params=(scale, pos),
-                          row_meta={"pos_id": torch.arange(B, device=q.device)}, tile_size=tile_size, gather=gather)
+                          row_meta={"pos_id": torch.arange(B, device=q.device)}, mode=mode)
     return reduce(row[:, 0] / row[:, 1], reduction)
 
 
-class AUCContrastive(nn.Module):
-    """Module form of :func:`auc_contrastive`; ``forward(query, key, temperature=None)``."""
-
-    def __init__(self, temperature: float = 0.1, similarity: str = "cosine", reduction: str = "mean",
-                 tile_size: int | str | tuple[int, int] | None = None, gather: bool | str | None = None) -> None:
-        super().__init__()
-        check_temperature("temperature", temperature)
-        self.temperature, self.similarity, self.reduction = temperature, similarity, reduction
-        self.tile_size, self.gather = tile_size, gather
-
-    def forward(self, query: Tensor, key: Tensor, temperature: float | Tensor | None = None) -> Tensor:
-        return auc_contrastive(query, key, temperature=self.temperature if temperature is None else temperature,
-                               similarity=self.similarity, reduction=self.reduction, tile_size=self.tile_size,
-                               gather=self.gather)
+#: Module form of :func:`auc_contrastive`; ``forward(query, key, temperature=None)``.
+AUCContrastive = loss_module(auc_contrastive, "AUCContrastive", overrides=("temperature",),
+                             check=lambda *, temperature, **_: check_temperature("temperature", temperature))

@@ -24,12 +24,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import check_pair, check_positive, check_reduction, full_validation, reduce
+from core.losses._module import loss_module
 from core.losses.engine import prepare, reduce_pairs
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
 from core.negatives.execution import Block, safe_logsumexp
+from core.negatives.mode import execution_mode
 
 __all__ = ["circle_loss", "CircleLoss"]
 
@@ -84,12 +86,13 @@ def circle_loss(
             tensor keeps the graph (learnable scale).
         reduction, tile_size, gather: as in :func:`core.losses.info_nce`.
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     check_pair("query", query, "key", key)
     B = query.shape[0]
     _check_settings(margin, gamma)
     check_reduction(reduction)
-    if B * (world_size() if gather else 1) < 2:
+    if B * mode.world < 2:
         raise ValueError("the batch has no negatives: circle loss needs at least 2 samples")
     q, k = prepare(query, "cosine", "query"), prepare(key, "cosine", "key")
     col_meta = {}
@@ -106,23 +109,13 @@ def circle_loss(
     g = gamma.reshape(()).to(q.dtype) if isinstance(gamma, Tensor) else torch.tensor(float(gamma), dtype=q.dtype,
                                                                                        device=q.device)
     row, _ = reduce_pairs(_CircleBlock(float(margin)), q, k, row_kinds=("lse", "lse", "count", "count"), params=(g,),
-                          row_meta=row_meta, col_meta=col_meta, tile_size=tile_size, gather=gather)
+                          row_meta=row_meta, col_meta=col_meta, mode=mode)
     if full_validation() and bool((row[:, 3] == 0).any()):
         raise ValueError("an anchor has no negatives: every key has its label")
     z = row[:, 0] + row[:, 1]
     return reduce(torch.logaddexp(z, torch.zeros_like(z)), reduction)  # softplus, exact beyond 20 too
 
 
-class CircleLoss(nn.Module):
-    """Module form of :func:`circle_loss`; ``forward(query, key, labels=None)``."""
-
-    def __init__(self, margin: float = 0.25, gamma: float = 256.0, reduction: str = "mean",
-                 tile_size: int | str | tuple[int, int] | None = None, gather: bool | str | None = None) -> None:
-        super().__init__()
-        _check_settings(margin, gamma)
-        self.margin, self.gamma, self.reduction = margin, gamma, reduction
-        self.tile_size, self.gather = tile_size, gather
-
-    def forward(self, query: Tensor, key: Tensor, labels: Tensor | None = None) -> Tensor:
-        return circle_loss(query, key, labels, margin=self.margin, gamma=self.gamma, reduction=self.reduction,
-                           tile_size=self.tile_size, gather=self.gather)
+#: Module form of :func:`circle_loss`; ``forward(query, key, labels=None)``.
+CircleLoss = loss_module(circle_loss, "CircleLoss",
+                         check=lambda *, margin, gamma, **_: _check_settings(margin, gamma))

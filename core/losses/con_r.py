@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import (
     check_choice,
@@ -49,9 +49,11 @@ from core.losses._checks import (
     full_validation,
     reduce,
 )
+from core.losses._module import loss_module
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.sup_con import flatten_views
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode
 
 __all__ = ["con_r", "ConR"]
 
@@ -111,7 +113,8 @@ def con_r(
         reduction: ``"mean"`` over all N anchors (zeros included), ``"sum"``, or ``"none"`` ((N,)).
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce`.
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     if isinstance(features, Tensor) and features.dim() == 3:
         z = flatten_views(features)
         B, V = features.shape[0], features.shape[1]
@@ -147,7 +150,7 @@ def con_r(
         if full_validation() and bool((sample_weights < 0).any()):
             raise ValueError("sample_weights must be >= 0")
         w = sample_weights.detach().to(z.dtype).repeat(V)
-    if N * (world_size() if gather else 1) < 2:
+    if N * mode.world < 2:
         raise ValueError("the batch has no negatives: ConR needs at least 2 views")
     z = prepare(z, "cosine", "features")
     y, p = y.to(z.device).detach(), p.to(z.device).detach()
@@ -156,7 +159,7 @@ def con_r(
                         push=push, push_scale=float(push_scale), count_non_positive=denominator == "official")
     row, _ = run_contrast(spec, z, z, to_scale(temperature, z),
                           row_meta={"label": y, "pred": p, "weight": w, "self_id": ids},
-                          col_meta={"label": y, "pred": p}, tile_size=tile_size, gather=gather)
+                          col_meta={"label": y, "pred": p}, mode=mode)
     den, pos, n_pos, n_neg = row[:, 0], row[:, 1], row[:, 2], row[:, 3]
     if denominator == "official":
         den = torch.logaddexp(den, torch.log(row[:, 4]))
@@ -166,30 +169,11 @@ def con_r(
     return reduce(per_anchor, reduction)
 
 
-class ConR(nn.Module):
-    """Module form of :func:`con_r`; ``forward(features, labels, preds, sample_weights=None)``."""
+def _check_options(*, temperature, push, denominator, **_) -> None:
+    check_temperature("temperature", temperature)
+    check_choice("push", push, ("exp", "linear"))
+    check_choice("denominator", denominator, ("paper", "official"))
 
-    def __init__(
-        self,
-        temperature: float = 0.2,
-        window: float = 1.0,
-        push: str = "exp",
-        push_scale: float = 0.01,
-        denominator: str = "paper",
-        reduction: str = "mean",
-        tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str | None = None,
-    ) -> None:
-        super().__init__()
-        check_temperature("temperature", temperature)
-        check_choice("push", push, ("exp", "linear"))
-        check_choice("denominator", denominator, ("paper", "official"))
-        self.temperature, self.window, self.push, self.push_scale = temperature, window, push, push_scale
-        self.denominator, self.reduction, self.tile_size, self.gather = denominator, reduction, tile_size, gather
 
-    def forward(self, features: Tensor, labels: Tensor, preds: Tensor, sample_weights: Tensor | None = None) -> Tensor:
-        return con_r(
-            features, labels, preds, temperature=self.temperature, window=self.window, push=self.push,
-            push_scale=self.push_scale, sample_weights=sample_weights, denominator=self.denominator,
-            reduction=self.reduction, tile_size=self.tile_size, gather=self.gather,
-        )
+#: Module form of :func:`con_r`; ``forward(features, labels, preds, sample_weights=None)``.
+ConR = loss_module(con_r, "ConR", forward=("sample_weights",), check=_check_options)

@@ -38,7 +38,8 @@ from core.losses._checks import (
     upcast,
 )
 from core.losses.engine import ContrastSpec, run_contrast, to_scale
-from core.negatives.distributed import agree_on_input_errors, resolve_gather
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode
 
 __all__ = ["cpc", "CPC"]
 
@@ -69,7 +70,8 @@ def cpc(
         tile_size, gather: execution mode of each step, as in :func:`core.losses.info_nce`; with
             ``gather`` the candidates come from every rank.
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     check_embeddings("context", context, ndim=3)
     check_embeddings("future", future, ndim=3)
     check_dtypes(context=context, future=future)
@@ -105,7 +107,7 @@ def cpc(
         pos_id = (torch.arange(B, device=z.device)[:, None] * T
                   + torch.arange(k, T, device=z.device)[None, :]).reshape(-1)
         row, _ = run_contrast(spec, pred.reshape(B * (T - k), Dz), z, scale, row_meta={"pos_id": pos_id},
-                              tile_size=tile_size, gather=gather)
+                              mode=mode)
         steps.append((row[:, 0] - row[:, 1]).reshape(B, T - k))
     if reduction == "mean":
         return torch.stack([s.mean() for s in steps]).sum()

@@ -25,11 +25,13 @@ Reference:
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import check_pair, check_reduction, check_temperature, compute_dtype, full_validation, reduce
+from core.losses._module import loss_module
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
-from core.negatives.distributed import agree_on_input_errors, resolve_gather
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode
 
 __all__ = ["cwcl", "CWCL"]
 
@@ -79,7 +81,8 @@ def cwcl(
         reduction: ``"mean"`` over anchors, ``"sum"``, or ``"none"`` ((B,)).
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce`.
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     check_pair("a", a, "b", b)
     check_temperature("temperature", temperature)
     check_reduction(reduction)
@@ -96,32 +99,15 @@ def cwcl(
     p, q = prepare(a, "cosine", "a"), prepare(b, "cosine", "b")
     scale = to_scale(temperature, p)
     spec = ContrastSpec(positive="pair_weights")
-    row, _ = run_contrast(spec, p, q, scale, row_meta={"pair_weights": w}, tile_size=tile_size, gather=gather)
+    row, _ = run_contrast(spec, p, q, scale, row_meta={"pair_weights": w}, mode=mode)
     per_anchor = row[:, 0] - row[:, 1] / row[:, 2]
     if symmetric:
         w_rev = w if gather else w.T.contiguous()
-        row_r, _ = run_contrast(spec, q, p, scale, row_meta={"pair_weights": w_rev}, tile_size=tile_size,
-                                gather=gather)
+        row_r, _ = run_contrast(spec, q, p, scale, row_meta={"pair_weights": w_rev}, mode=mode)
         per_anchor = 0.5 * (per_anchor + row_r[:, 0] - row_r[:, 1] / row_r[:, 2])
     return reduce(per_anchor, reduction)
 
 
-class CWCL(nn.Module):
-    """Module form of :func:`cwcl`; ``forward(a, b, weights)``."""
-
-    def __init__(
-        self,
-        temperature: float,
-        symmetric: bool = True,
-        reduction: str = "mean",
-        tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str | None = None,
-    ) -> None:
-        super().__init__()
-        check_temperature("temperature", temperature)
-        self.temperature, self.symmetric = temperature, symmetric
-        self.reduction, self.tile_size, self.gather = reduction, tile_size, gather
-
-    def forward(self, a: Tensor, b: Tensor, weights: Tensor) -> Tensor:
-        return cwcl(a, b, weights=weights, temperature=self.temperature, symmetric=self.symmetric,
-                    reduction=self.reduction, tile_size=self.tile_size, gather=self.gather)
+#: Module form of :func:`cwcl`; ``forward(a, b, weights)``.
+CWCL = loss_module(cwcl, "CWCL", forward=("weights",),
+                   check=lambda *, temperature, **_: check_temperature("temperature", temperature))

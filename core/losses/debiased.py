@@ -32,12 +32,14 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import check_choice, check_pair, check_reduction, check_temperature, reduce
+from core.losses._module import loss_module
 from core.losses.engine import _index_fill, prepare, reduce_pairs, scale_anchors
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
 from core.negatives.execution import Block, safe_logsumexp
+from core.negatives.mode import execution_mode
 
 __all__ = ["debiased_info_nce", "DebiasedInfoNCE"]
 
@@ -120,14 +122,15 @@ def debiased_info_nce(
         similarity, reduction, tile_size, gather: as in :func:`core.losses.info_nce` (``reduction="none"``
             gives (B,), or (2B,) with ``two_n``, query anchors first).
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     check_pair("query", query, "key", key)
     B = query.shape[0]
     per_t = check_temperature("temperature", temperature, (B, 2 * B) if two_n else (B,))
     _check_settings(tau_plus, beta)
     check_choice("similarity", similarity, ("cosine", "dot"))
     check_reduction(reduction)
-    n_global = B * (world_size() if gather else 1)
+    n_global = B * mode.world
     if n_global < 2:
         raise ValueError("the batch has no negatives: the debiased loss needs at least 2 samples")
     q, k = prepare(query, similarity, "query"), prepare(key, similarity, "key")
@@ -142,7 +145,7 @@ def debiased_info_nce(
         anchors, cands, meta = q, k, {"pos_id": ids}
     anchors, scale = scale_anchors(anchors, temperature, per_t)
     row, _ = reduce_pairs(_DebiasedBlock(float(beta)), anchors, cands, row_kinds=_ROW_KINDS, params=(scale,),
-                          row_meta=meta, tile_size=tile_size, gather=gather)
+                          row_meta=meta, mode=mode)
     if per_t:
         inv_t = 1.0 / temperature.to(device=row.device, dtype=row.dtype)
     else:
@@ -150,22 +153,11 @@ def debiased_info_nce(
     return reduce(_debiased_from_stats(row, inv_t, float(tau_plus)), reduction)
 
 
-class DebiasedInfoNCE(nn.Module):
-    """Module form of :func:`debiased_info_nce`; ``forward(query, key, temperature=None)``."""
+def _check_options(*, temperature, tau_plus, beta, similarity, **_) -> None:
+    check_temperature("temperature", temperature)
+    _check_settings(tau_plus, beta)
+    check_choice("similarity", similarity, ("cosine", "dot"))
 
-    def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1, beta: float = 0.0, two_n: bool = False,
-                 similarity: str = "cosine", reduction: str = "mean",
-                 tile_size: int | str | tuple[int, int] | None = None, gather: bool | str | None = None) -> None:
-        super().__init__()
-        check_temperature("temperature", temperature)
-        _check_settings(tau_plus, beta)
-        check_choice("similarity", similarity, ("cosine", "dot"))
-        self.temperature, self.tau_plus, self.beta, self.two_n = temperature, tau_plus, beta, two_n
-        self.similarity, self.reduction, self.tile_size, self.gather = similarity, reduction, tile_size, gather
 
-    def forward(self, query: Tensor, key: Tensor, temperature: float | Tensor | None = None) -> Tensor:
-        return debiased_info_nce(
-            query, key, temperature=self.temperature if temperature is None else temperature,
-            tau_plus=self.tau_plus, beta=self.beta, two_n=self.two_n, similarity=self.similarity,
-            reduction=self.reduction, tile_size=self.tile_size, gather=self.gather,
-        )
+#: Module form of :func:`debiased_info_nce`; ``forward(query, key, temperature=None)``.
+DebiasedInfoNCE = loss_module(debiased_info_nce, "DebiasedInfoNCE", overrides=("temperature",), check=_check_options)

@@ -23,7 +23,9 @@ the same function, so a dense InfoNCE step costs what ``F.cross_entropy`` costs.
 :func:`reduce_pairs` and its block contract (:class:`Block`, :data:`BlockFn`, :func:`safe_logsumexp`, named
 statistics through :class:`Stats`), :func:`to_scale` / :func:`prepare`, the validators of
 :mod:`core.losses._checks`, :func:`reduce`, :func:`resolve_gather` and :func:`agree_on_input_errors` (the
-cross-rank error agreement), and :func:`validation`. ``docs/custom_loss.md`` builds a loss on them, step by step.
+cross-rank error agreement), :func:`execution_mode` (``tile_size`` / ``gather`` validated once, handed to
+:func:`reduce_pairs` as ``mode=``), :func:`loss_module` (the loss's ``nn.Module``, generated from its signature)
+and :func:`validation`. ``docs/custom_loss.md`` builds a loss on them, step by step.
 
 Logit with margin (positives only), ``m`` the margin and ``s`` the cosine:
 
@@ -57,8 +59,10 @@ from core.losses._checks import (
     reduce,
     upcast,
 )
-from core.negatives.distributed import PeerInputError, agree_on_input_errors, resolve_gather, world_size
-from core.negatives.execution import Block, BlockFn, check_tile_size, pair_reduce, safe_logsumexp
+from core.losses._module import loss_module
+from core.negatives.distributed import PeerInputError, agree_on_input_errors, gather_candidates, ring_pair_reduce
+from core.negatives.execution import Block, BlockFn, pair_reduce, safe_logsumexp
+from core.negatives.mode import ExecutionMode, check_tile_size, execution_mode, resolve_gather, world_size
 from core.negatives.validation import full_validation, validation, validation_mode
 
 #: block reducers of :func:`run_contrast`: PyTorch ops, or the fused Triton kernels of :mod:`core.kernels`
@@ -68,6 +72,10 @@ __all__ = [
     "BACKENDS",
     # the engine
     "reduce_pairs", "Block", "BlockFn", "Stats", "safe_logsumexp", "to_scale", "scale_anchors", "prepare",
+    # the execution mode (tile_size / gather), decided once per call
+    "ExecutionMode", "execution_mode",
+    # the nn.Module form of a loss function, generated from its signature
+    "loss_module",
     # the InfoNCE family's block function and its statistics
     "ContrastSpec", "ContrastBlockFn", "contrast_block", "run_contrast", "ROW_STATS", "RowStats", "row_stats",
     # validators (ValueError naming the argument) and the reduction
@@ -395,8 +403,9 @@ def contrast_block(spec: ContrastSpec, a: Tensor, c: Tensor, params: Sequence[Te
 class ContrastBlockFn:
     """:func:`contrast_block` bound to a spec, with a hand-derived tile gradient for the common case.
 
-    For index positives over all candidates (InfoNCE, CLIP, NT-Xent, with ``decoupled`` and additive
-    margins) the recomputed tile's gradient is written out instead of replaying the tile under autograd:
+    For index positives over all candidates (InfoNCE, CLIP, NT-Xent, with ``decoupled``, additive margins and
+    ``info_nce(top_k=)``'s threshold) the recomputed tile's gradient is written out instead of replaying the tile
+    under autograd:
     with ``x = s a c^T`` the tile's logits and ``L`` the saved row (column) log-sum-exp totals,
 
         G = g_row * exp(x_den - L_row) [+ g_col * exp(x_den - L_col)],
@@ -417,7 +426,7 @@ class ContrastBlockFn:
         g_row: Tensor, g_col: Tensor, need: tuple[bool, bool, Sequence[bool]],
     ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]] | None:
         spec = self.spec
-        if (spec.positive != "index" or spec.negatives_rule != "all" or spec.neg_threshold
+        if (spec.positive != "index" or spec.negatives_rule != "all"
                 or (spec.margin != 0.0 and spec.margin_type != "additive")):
             return None
         need_a, need_c, need_p = need
@@ -433,6 +442,11 @@ class ContrastBlockFn:
             li_c = li.clamp(0, C - 1)
             pos_sim = (a * c[li_c]).sum(1)
             r_in, l_in = rows_t[inside], li_c[inside]
+            if spec.neg_threshold:  # top-K: the negatives at or below the row's threshold leave the denominator
+                drop = den <= blk.row["neg_thr"][:, None]
+                drop[r_in, l_in] = False
+                den.masked_fill_(drop, float("-inf"))
+                del drop
             if spec.decoupled:
                 den[r_in, l_in] = float("-inf")
             elif m != 0.0:
@@ -476,13 +490,16 @@ def reduce_pairs(
     gather: bool | str | None = None,
     extra_candidates: Tensor | None = None,
     id_keys: Sequence[str] = ("pos_id", "self_id"),
+    mode: ExecutionMode | None = None,
 ) -> tuple[Tensor | Stats, Tensor]:
     """Run any block function in the execution mode asked for: dense / tiled (``tile_size``), over the
     candidates of every rank (``gather=True``: all-gather with gradient; ``"ring"``: shards passed around
     a ring), with optional ``extra_candidates`` (a queue) appended after the (gathered) candidates.
 
-    This is the one place that decides the execution mode: ``tile_size`` is validated here (before any
-    collective), the ring's restrictions (no extra candidates, no column statistics) are checked here.
+    ``tile_size`` / ``gather`` become an :class:`ExecutionMode` through :func:`execution_mode` (the one place
+    that validates them and checks the restrictions of each mode: the ring takes no extra candidates and no
+    column statistics); a loss that already made its mode at its entry passes ``mode=`` instead (then
+    ``tile_size`` and ``gather`` must be left out).
 
     The block contract (:data:`BlockFn`): ``block_fn(a, c, params, blk)`` gets a block of anchors ``a`` (T, D)
     and candidates ``c`` (C, D), the ``params`` tensors (temperatures ...; they get gradients) and a
@@ -502,8 +519,9 @@ def reduce_pairs(
     """
     names = tuple(row_kinds) if isinstance(row_kinds, Mapping) else None
     kinds = tuple(row_kinds.values()) if isinstance(row_kinds, Mapping) else tuple(row_kinds)
+    mode = _mode_of(mode, tile_size, gather)
     row, col = _reduce_pairs(block_fn, anchors, candidates, row_kinds=kinds, col_kinds=col_kinds, params=params,
-                             row_meta=row_meta, col_meta=col_meta, tile_size=tile_size, gather=gather,
+                             row_meta=row_meta, col_meta=col_meta, mode=mode,
                              extra_candidates=extra_candidates, id_keys=id_keys)
     if names is None:
         return row, col
@@ -552,29 +570,19 @@ def _reduce_pairs(
     params: Sequence[Tensor],
     row_meta: Mapping[str, Tensor] | None,
     col_meta: Mapping[str, Tensor] | None,
-    tile_size,
-    gather: bool | str | None,
+    mode: ExecutionMode,
     extra_candidates: Tensor | None,
     id_keys: Sequence[str],
 ) -> tuple[Tensor, Tensor]:
-    gather = resolve_gather(gather)
-    check_tile_size(tile_size)
+    mode.require(extra_candidates=extra_candidates is not None, column_stats=bool(col_kinds))
     row_meta = dict(row_meta or {})
     col_meta = dict(col_meta or {})
-    if gather:
-        from core.negatives.distributed import gather_candidates, ring_pair_reduce
-
-        if gather == "ring":
-            if extra_candidates is not None:
-                raise ValueError("gather='ring' does not support extra negatives; use gather=True")
-            if col_kinds:
-                raise ValueError("gather='ring' computes row statistics only; column statistics are not supported")
-            return ring_pair_reduce(
-                anchors, candidates, block_fn, row_kinds=row_kinds, col_kinds=(), params=params,
-                row_meta=row_meta, col_meta=col_meta, tile_size=tile_size, id_keys=id_keys,
-            )
-        if gather is not True:
-            raise ValueError(f"gather must be False, True or 'ring', got {gather!r}")
+    if mode.gather == "ring":
+        return ring_pair_reduce(
+            anchors, candidates, block_fn, row_kinds=row_kinds, col_kinds=(), params=params,
+            row_meta=row_meta, col_meta=col_meta, tile_size=mode, id_keys=id_keys,
+        )
+    if mode.gather:
         candidates, col_meta, offset = gather_candidates(candidates, col_meta)
         for key in id_keys:
             if key in row_meta:
@@ -585,8 +593,18 @@ def _reduce_pairs(
         candidates = torch.cat([candidates, extra_candidates.to(candidates.dtype)], 0)
     return pair_reduce(
         anchors, candidates, block_fn, row_kinds=row_kinds, col_kinds=col_kinds, params=params,
-        row_meta=row_meta, col_meta=col_meta, tile_size=tile_size,
+        row_meta=row_meta, col_meta=col_meta, tile_size=mode,
     )
+
+
+def _mode_of(mode: ExecutionMode | None, tile_size, gather) -> ExecutionMode:
+    if mode is None:
+        return execution_mode(tile_size, gather)
+    if not isinstance(mode, ExecutionMode):
+        raise ValueError(f"mode must be an ExecutionMode from execution_mode(), got {type(mode).__name__}")
+    if tile_size is not None or gather is not None:
+        raise ValueError("pass either mode= or tile_size= / gather=, not both")
+    return mode
 
 
 def run_contrast(
@@ -601,6 +619,7 @@ def run_contrast(
     gather: bool | str | None = None,
     extra_candidates: Tensor | None = None,
     backend: str = "torch",
+    mode: ExecutionMode | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run the engine: returns (row_stats (B, 5), col_stats (N, k)).
 
@@ -614,11 +633,9 @@ def run_contrast(
     the (gathered) candidates; they are never positives and carry no label metadata (so they only work
     with index positives).
     """
-    gather = resolve_gather(gather)
+    mode = _mode_of(mode, tile_size, gather).require(fused_columns=spec.column_stats)
     if extra_candidates is not None and spec.positive != "index":
         raise ValueError("extra negatives are only supported with index positives (info_nce)")
-    if spec.column_stats and gather:
-        raise ValueError("fused column statistics are single-process only")
     check_choice("backend", backend, BACKENDS)
     if backend == "triton":
         from core.kernels import FusedContrastBlockFn, check_triton
@@ -630,5 +647,5 @@ def run_contrast(
     return reduce_pairs(
         block_fn, anchors, candidates,
         row_kinds=spec.row_kinds, col_kinds=spec.col_kinds, params=(scale,), row_meta=row_meta,
-        col_meta=col_meta, tile_size=tile_size, gather=gather, extra_candidates=extra_candidates,
+        col_meta=col_meta, mode=mode, extra_candidates=extra_candidates,
     )

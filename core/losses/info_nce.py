@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import (
     check_choice,
@@ -46,9 +46,11 @@ from core.losses._checks import (
     check_temperature,
     reduce,
 )
+from core.losses._module import loss_module
 from core.losses._visit import top_negative_threshold
 from core.losses.engine import BACKENDS, ContrastSpec, prepare, run_contrast, scale_anchors
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode
 
 __all__ = ["info_nce", "InfoNCE", "check_margin", "check_top_k"]
 
@@ -118,7 +120,8 @@ def info_nce(
     Returns:
         The loss (scalar unless ``reduction="none"``).
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather, extra_candidates=negatives is not None)
+    gather = mode.gather
     check_choice("backend", backend, BACKENDS)
     check_pair("query", query, "key", key)
     check_dtypes(query=query, key=key, negatives=negatives)
@@ -137,7 +140,7 @@ def info_nce(
                 f"negatives must have feature dimension {query.shape[1]}, got {negatives.shape[1]}"
             )
     B = query.shape[0]
-    n_neg = B * (world_size() if gather else 1) - 1 + (0 if negatives is None else negatives.shape[0])
+    n_neg = B * mode.world - 1 + (0 if negatives is None else negatives.shape[0])
     if n_neg < 1:
         raise ValueError("the batch has no negatives: InfoNCE needs at least 2 samples or extra negatives")
     check_top_k(top_k, None if gather else n_neg)
@@ -152,10 +155,8 @@ def info_nce(
     ids = torch.arange(B, device=q.device)
     meta = {"pos_id": ids}
     if top_k is not None:
-        meta["neg_thr"] = top_negative_threshold(qa, k, scale, top_k, pos_id=ids, extra=negs, tile_size=tile_size,
-                                                 gather=gather)
-    row, col = run_contrast(spec, qa, k, scale, row_meta=meta, tile_size=tile_size,
-                            gather=gather, extra_candidates=negs, backend=backend)
+        meta["neg_thr"] = top_negative_threshold(qa, k, scale, top_k, pos_id=ids, extra=negs, mode=mode)
+    row, col = run_contrast(spec, qa, k, scale, row_meta=meta, mode=mode, extra_candidates=negs, backend=backend)
     per_anchor = row[:, 0] - row[:, 1]
     if symmetric:
         if fused:
@@ -166,48 +167,25 @@ def info_nce(
             ka, _ = scale_anchors(k, temperature, per_t)
             meta_r = {"pos_id": ids}
             if top_k is not None:
-                meta_r["neg_thr"] = top_negative_threshold(ka, q, scale, top_k, pos_id=ids, tile_size=tile_size,
-                                                           gather=gather)
-            row_r, _ = run_contrast(spec_r, ka, q, scale, row_meta=meta_r, tile_size=tile_size,
-                                    gather=gather, backend=backend)
+                meta_r["neg_thr"] = top_negative_threshold(ka, q, scale, top_k, pos_id=ids, mode=mode)
+            row_r, _ = run_contrast(spec_r, ka, q, scale, row_meta=meta_r, mode=mode, backend=backend)
             reverse = row_r[:, 0] - row_r[:, 1]
         per_anchor = 0.5 * (per_anchor + reverse)
     return reduce(per_anchor, reduction)
 
 
-class InfoNCE(nn.Module):
-    """Module form of :func:`info_nce`; ``forward(query, key, negatives=None, temperature=None)``, where a
-    ``temperature`` given to ``forward`` (e.g. a (B,) tensor from :class:`core.losses.TemperatureNet`)
-    replaces the one of the constructor for that call."""
+def _check_options(*, temperature, margin, margin_type, top_k, backend, **_) -> None:
+    check_choice("backend", backend, BACKENDS)
+    check_temperature("temperature", temperature)
+    check_margin(margin, margin_type)
+    check_top_k(top_k)
 
-    def __init__(
-        self,
-        temperature: float = 0.1,
-        symmetric: bool = False,
-        decoupled: bool = False,
-        margin: float = 0.0,
-        margin_type: str = "additive",
-        similarity: str = "cosine",
-        reduction: str = "mean",
-        tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str | None = None,
-        top_k: int | None = None,
-        backend: str = "torch",
-    ) -> None:
-        super().__init__()
-        check_choice("backend", backend, BACKENDS)
-        check_temperature("temperature", temperature)
-        check_margin(margin, margin_type)
-        check_top_k(top_k)
-        self.temperature, self.symmetric, self.decoupled = temperature, symmetric, decoupled
-        self.margin, self.margin_type, self.similarity, self.top_k = margin, margin_type, similarity, top_k
-        self.reduction, self.tile_size, self.gather, self.backend = reduction, tile_size, gather, backend
 
-    def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None,
-                temperature: float | Tensor | None = None) -> Tensor:
-        return info_nce(
-            query, key, temperature=self.temperature if temperature is None else temperature,
-            symmetric=self.symmetric, decoupled=self.decoupled, margin=self.margin, margin_type=self.margin_type,
-            similarity=self.similarity, negatives=negatives, top_k=self.top_k, reduction=self.reduction,
-            tile_size=self.tile_size, gather=self.gather, backend=self.backend,
-        )
+#: Module form of :func:`info_nce`; ``forward(query, key, negatives=None, temperature=None)``, where a
+#: ``temperature`` given to ``forward`` (e.g. a (B,) tensor from :class:`core.losses.TemperatureNet`) replaces the
+#: constructor's for that call.
+InfoNCE = loss_module(
+    info_nce, "InfoNCE", forward=("negatives",), overrides=("temperature",), check=_check_options,
+    options=("temperature", "symmetric", "decoupled", "margin", "margin_type", "similarity", "reduction",
+             "tile_size", "gather", "top_k", "backend"),
+)

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_pair, check_reduction, check_temperature, full_validation, normalize_rows, reduce
 from core.losses.nt_xent import nt_xent
-from core.negatives.distributed import agree_on_input_errors, resolve_gather
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode
 
 __all__ = ["mean_shifted", "MeanShifted"]
 
@@ -71,7 +72,8 @@ def mean_shifted(
         reduction: ``"mean"`` over the 2B views, ``"sum"``, or ``"none"`` ((2B,), view-1 anchors first).
         tile_size, gather: execution mode of the NT-Xent part, as in :func:`core.losses.nt_xent`.
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     check_pair("z1", z1, "z2", z2)
     check_temperature("temperature", temperature)
     check_reduction(reduction)

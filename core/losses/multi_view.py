@@ -31,12 +31,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import check_embeddings, check_reduction, check_temperature, reduce
+from core.losses._module import loss_module
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.sup_con import flatten_views, instance_labels
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode
 
 __all__ = ["multi_view_info_nce", "MultiViewInfoNCE"]
 
@@ -73,7 +75,8 @@ def multi_view_info_nce(
         reduction: ``"mean"`` over the B samples, ``"sum"``, or ``"none"`` ((B,), one term per sample).
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce`.
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     x = _stack_views(views)
     z = flatten_views(x, "views")
     B, V = x.shape[0], x.shape[1]
@@ -81,34 +84,20 @@ def multi_view_info_nce(
     check_reduction(reduction)
     if V < 2:
         raise ValueError(f"MV-InfoNCE needs V >= 2 views, got {V}")
-    if B * (world_size() if gather else 1) < 2:
+    if B * mode.world < 2:
         raise ValueError("the batch has no negatives: MV-InfoNCE needs at least 2 samples")
     z = prepare(z, "cosine", "views (row v * B + i is view v of sample i)")
     y = instance_labels(B, V, gather, z.device)
     ids = torch.arange(z.shape[0], device=z.device)
     spec = ContrastSpec(positive="label", exclude_self=True, pos_stat="lse")
     row, _ = run_contrast(spec, z, z, to_scale(temperature, z), row_meta={"label": y, "self_id": ids},
-                          col_meta={"label": y}, tile_size=tile_size, gather=gather)
+                          col_meta={"label": y}, mode=mode)
     # rows are view-major: row l * B + i is view l of sample i
     den = torch.logsumexp(row[:, 0].reshape(V, B), dim=0)
     num = torch.logsumexp(row[:, 1].reshape(V, B), dim=0)
     return reduce(den - num, reduction)
 
 
-class MultiViewInfoNCE(nn.Module):
-    """Module form of :func:`multi_view_info_nce`; ``forward(views)``."""
-
-    def __init__(
-        self,
-        temperature: float,
-        reduction: str = "mean",
-        tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str | None = None,
-    ) -> None:
-        super().__init__()
-        check_temperature("temperature", temperature)
-        self.temperature, self.reduction, self.tile_size, self.gather = temperature, reduction, tile_size, gather
-
-    def forward(self, views: Tensor | Sequence[Tensor]) -> Tensor:
-        return multi_view_info_nce(views, temperature=self.temperature, reduction=self.reduction,
-                                   tile_size=self.tile_size, gather=self.gather)
+#: Module form of :func:`multi_view_info_nce`; ``forward(views)``.
+MultiViewInfoNCE = loss_module(multi_view_info_nce, "MultiViewInfoNCE",
+                               check=lambda *, temperature, **_: check_temperature("temperature", temperature))

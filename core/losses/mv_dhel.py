@@ -29,13 +29,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import check_reduction, check_temperature, reduce
+from core.losses._module import loss_module
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.multi_view import _stack_views
 from core.losses.sup_con import flatten_views
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode
 
 __all__ = ["multi_view_dhel", "MultiViewDHEL"]
 
@@ -58,7 +60,8 @@ def multi_view_dhel(
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce` (each view's energy runs over
             the same view of every rank's samples).
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     x = _stack_views(views)
     flatten_views(x, "views")  # validates (B, V, D)
     B, V = x.shape[0], x.shape[1]
@@ -66,7 +69,7 @@ def multi_view_dhel(
         raise ValueError(f"MV-DHEL needs V >= 2 views, got {V}")
     check_temperature("temperature", temperature)
     check_reduction(reduction)
-    if B * (world_size() if gather else 1) < 2:
+    if B * mode.world < 2:
         raise ValueError("the batch has no negatives: MV-DHEL needs at least 2 samples")
     z = prepare(x, "cosine", "views (rows are (sample, view))")
     scale = to_scale(temperature, z)
@@ -75,23 +78,13 @@ def multi_view_dhel(
     ids = torch.arange(B, device=z.device)
     energy = 0
     for v in range(V):
-        row, _ = run_contrast(spec, z[:, v], z[:, v], scale, row_meta={"pos_id": ids}, tile_size=tile_size,
-                              gather=gather)
+        row, _ = run_contrast(spec, z[:, v], z[:, v], scale, row_meta={"pos_id": ids}, mode=mode)
         energy = energy + row[:, 0]
     a, b = torch.triu_indices(V, V, offset=1, device=z.device)
     align = torch.logsumexp((z[:, a] * z[:, b]).sum(-1) * scale, dim=1)
     return reduce(energy - align, reduction)
 
 
-class MultiViewDHEL(nn.Module):
-    """Module form of :func:`multi_view_dhel`; ``forward(views)``."""
-
-    def __init__(self, temperature: float = 0.2, reduction: str = "mean",
-                 tile_size: int | str | tuple[int, int] | None = None, gather: bool | str | None = None) -> None:
-        super().__init__()
-        check_temperature("temperature", temperature)
-        self.temperature, self.reduction, self.tile_size, self.gather = temperature, reduction, tile_size, gather
-
-    def forward(self, views: Tensor | Sequence[Tensor]) -> Tensor:
-        return multi_view_dhel(views, temperature=self.temperature, reduction=self.reduction,
-                               tile_size=self.tile_size, gather=self.gather)
+#: Module form of :func:`multi_view_dhel`; ``forward(views)``.
+MultiViewDHEL = loss_module(multi_view_dhel, "MultiViewDHEL",
+                            check=lambda *, temperature, **_: check_temperature("temperature", temperature))

@@ -21,12 +21,14 @@ References:
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import check_choice, check_pair, check_reduction, check_temperature, reduce
+from core.losses._module import loss_module
 from core.losses.engine import BACKENDS, ContrastSpec, prepare, run_contrast, scale_anchors
 from core.losses.info_nce import check_margin
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode
 
 __all__ = ["nt_xent", "NTXent"]
 
@@ -56,7 +58,8 @@ def nt_xent(
             :func:`core.losses.info_nce`.
         reduction: ``"mean"`` over the 2N anchors, ``"sum"``, or ``"none"`` ((2N,), view-1 anchors first).
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     check_choice("backend", backend, BACKENDS)
     check_pair("z1", z1, "z2", z2)
     per_t = check_temperature("temperature", temperature, (z1.shape[0], 2 * z1.shape[0]))
@@ -68,7 +71,7 @@ def nt_xent(
         raise ValueError("an angular margin needs cosine similarity (it acts on the angle); got similarity='dot'")
     check_reduction(reduction)
     N = z1.shape[0]
-    if N * (world_size() if gather else 1) < 2:
+    if N * mode.world < 2:
         raise ValueError("the batch has no negatives: NT-Xent needs at least 2 samples")
     z = prepare(torch.cat([z1, z2], 0), similarity, "torch.cat([z1, z2])")
     idx = torch.arange(2 * N, device=z.device)
@@ -78,39 +81,17 @@ def nt_xent(
     if per_t and temperature.shape[0] == N:
         temperature = temperature.repeat(2)
     za, scale = scale_anchors(z, temperature, per_t)
-    row, _ = run_contrast(spec, za, z, scale, row_meta=meta, tile_size=tile_size, gather=gather,
+    row, _ = run_contrast(spec, za, z, scale, row_meta=meta, mode=mode,
                           backend=backend)
     return reduce(row[:, 0] - row[:, 1], reduction)
 
 
-class NTXent(nn.Module):
-    """Module form of :func:`nt_xent`; ``forward(z1, z2, temperature=None)`` (a ``temperature`` given to
-    ``forward``, e.g. per sample, replaces the constructor's for that call)."""
+def _check_options(*, temperature, margin, margin_type, backend, **_) -> None:
+    check_temperature("temperature", temperature)
+    check_margin(margin, margin_type)
+    check_choice("backend", backend, BACKENDS)
 
-    def __init__(
-        self,
-        temperature: float = 0.5,
-        decoupled: bool = False,
-        margin: float = 0.0,
-        margin_type: str = "additive",
-        similarity: str = "cosine",
-        reduction: str = "mean",
-        tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str | None = None,
-        backend: str = "torch",
-    ) -> None:
-        super().__init__()
-        check_temperature("temperature", temperature)
-        check_margin(margin, margin_type)
-        check_choice("backend", backend, BACKENDS)
-        self.backend = backend
-        self.temperature, self.decoupled, self.margin, self.margin_type = temperature, decoupled, margin, margin_type
-        self.similarity, self.reduction, self.tile_size, self.gather = similarity, reduction, tile_size, gather
 
-    def forward(self, z1: Tensor, z2: Tensor, temperature: float | Tensor | None = None) -> Tensor:
-        return nt_xent(
-            z1, z2, temperature=self.temperature if temperature is None else temperature,
-            decoupled=self.decoupled, margin=self.margin,
-            margin_type=self.margin_type, similarity=self.similarity, reduction=self.reduction,
-            tile_size=self.tile_size, gather=self.gather, backend=self.backend,
-        )
+#: Module form of :func:`nt_xent`; ``forward(z1, z2, temperature=None)`` (a ``temperature`` given to ``forward``,
+#: e.g. per sample, replaces the constructor's for that call).
+NTXent = loss_module(nt_xent, "NTXent", overrides=("temperature",), check=_check_options)

@@ -27,13 +27,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import check_choice, check_reduction, check_temperature, reduce
+from core.losses._module import loss_module
 from core.losses.engine import ContrastSpec, prepare, run_contrast, to_scale
 from core.losses.multi_view import _stack_views
 from core.losses.sup_con import flatten_views, instance_labels
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode
 
 __all__ = ["poly_view_info_nce", "PolyViewInfoNCE"]
 
@@ -57,7 +59,8 @@ def poly_view_info_nce(
         reduction: ``"mean"`` over the B M anchors, ``"sum"``, or ``"none"`` ((M B,), view-major).
         tile_size, gather: execution mode, as in :func:`core.losses.info_nce`.
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     x = _stack_views(views)
     flatten_views(x, "views")  # validates (B, M, D)
     B, M = x.shape[0], x.shape[1]
@@ -66,7 +69,7 @@ def poly_view_info_nce(
     check_temperature("temperature", temperature)
     check_choice("aggregation", aggregation, ("arithmetic", "geometric"))
     check_reduction(reduction)
-    if B * (world_size() if gather else 1) < 2:
+    if B * mode.world < 2:
         raise ValueError("the batch has no negatives: Poly-View needs at least 2 samples")
     z = prepare(x, "cosine", "views (rows are (sample, view))")
     scale = to_scale(temperature, z)
@@ -78,30 +81,22 @@ def poly_view_info_nce(
         for a in range(M):
             others = torch.cat([z[:, b] for b in range(M) if b != a], 0)
             row, _ = run_contrast(spec, z[:, a], others, scale, row_meta={"label": labels},
-                                  col_meta={"label": labels.repeat(M - 1)}, tile_size=tile_size, gather=gather)
+                                  col_meta={"label": labels.repeat(M - 1)}, mode=mode)
             per_view.append(row[:, 0] - row[:, 1])
     else:
         total = z.sum(1)
         spec = ContrastSpec(positive="index")
         for a in range(M):
             rest = (total - z[:, a]) / (M - 1)
-            row, _ = run_contrast(spec, z[:, a], rest, scale, row_meta={"pos_id": ids}, tile_size=tile_size,
-                                  gather=gather)
+            row, _ = run_contrast(spec, z[:, a], rest, scale, row_meta={"pos_id": ids}, mode=mode)
             per_view.append(row[:, 0] - row[:, 1])
     return reduce(torch.cat(per_view), reduction)
 
 
-class PolyViewInfoNCE(nn.Module):
-    """Module form of :func:`poly_view_info_nce`; ``forward(views)``."""
+def _check_options(*, temperature, aggregation, **_) -> None:
+    check_temperature("temperature", temperature)
+    check_choice("aggregation", aggregation, ("arithmetic", "geometric"))
 
-    def __init__(self, temperature: float = 0.1, aggregation: str = "arithmetic", reduction: str = "mean",
-                 tile_size: int | str | tuple[int, int] | None = None, gather: bool | str | None = None) -> None:
-        super().__init__()
-        check_temperature("temperature", temperature)
-        check_choice("aggregation", aggregation, ("arithmetic", "geometric"))
-        self.temperature, self.aggregation, self.reduction = temperature, aggregation, reduction
-        self.tile_size, self.gather = tile_size, gather
 
-    def forward(self, views: Tensor | Sequence[Tensor]) -> Tensor:
-        return poly_view_info_nce(views, temperature=self.temperature, aggregation=self.aggregation,
-                                  reduction=self.reduction, tile_size=self.tile_size, gather=self.gather)
+#: Module form of :func:`poly_view_info_nce`; ``forward(views)``.
+PolyViewInfoNCE = loss_module(poly_view_info_nce, "PolyViewInfoNCE", check=_check_options)

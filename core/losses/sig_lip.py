@@ -33,8 +33,9 @@ from torch import Tensor, nn
 
 from core.losses._checks import check_pair, check_positive, check_reduction, compute_dtype, full_validation, reduce
 from core.losses.engine import prepare, reduce_pairs
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
 from core.negatives.execution import Block
+from core.negatives.mode import execution_mode
 
 __all__ = ["sig_lip", "SigLIP", "sig_lip_block"]
 
@@ -94,19 +95,20 @@ def sig_lip(
         gather: ``True`` / ``"ring"``: ``b`` from every rank; each rank returns the mean over its local
             anchors of the sum over all global ``b`` (see :mod:`core.negatives.distributed`).
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     check_pair("a", a, "b", b)
     check_reduction(reduction)
     t = _as_scalar("logit_scale", logit_scale, a)
     bias = _as_scalar("logit_bias", logit_bias, a)
     check_positive("logit_scale", t)
     B = a.shape[0]
-    if B * (world_size() if gather else 1) < 2:
+    if B * mode.world < 2:
         raise ValueError("the batch has no negatives: SigLIP needs at least 2 pairs")
     u, v = prepare(a, "cosine", "a"), prepare(b, "cosine", "b")
     row, _ = reduce_pairs(
         sig_lip_block, u, v, row_kinds=("sum",), params=(t, bias),
-        row_meta={"pos_id": torch.arange(B, device=u.device)}, tile_size=tile_size, gather=gather,
+        row_meta={"pos_id": torch.arange(B, device=u.device)}, mode=mode,
         id_keys=("pos_id",),
     )
     return reduce(row[:, 0], reduction)

@@ -35,7 +35,7 @@ Reference:
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import (
     check_choice,
@@ -46,8 +46,10 @@ from core.losses._checks import (
     full_validation,
     reduce,
 )
+from core.losses._module import loss_module
 from core.losses.engine import ContrastSpec, prepare, run_contrast, scale_anchors
-from core.negatives.distributed import agree_on_input_errors, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors
+from core.negatives.mode import execution_mode, resolve_gather
 
 __all__ = ["sup_con", "SupCon", "flatten_views", "instance_labels"]
 
@@ -135,7 +137,8 @@ def sup_con(
         ValueError: bad shapes, non-finite values, ``labels`` of the wrong length, an anchor with no
             positive (a class with one sample and V = 1), or a batch with no negatives (one class).
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     z = flatten_views(features)
     B, V = features.shape[0], features.shape[1]
     per_t = check_temperature("temperature", temperature, (B, V * B))
@@ -164,7 +167,7 @@ def sup_con(
         if full_validation() and labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
             raise ValueError("labels contains NaN or infinite values")
         y = labels.to(z.device).repeat(V)
-    if B * V * (world_size() if gather else 1) < 2:
+    if B * V * mode.world < 2:
         raise ValueError("the batch has no negatives: SupCon needs at least 2 views in total")
     z = prepare(z, similarity, "features (row v * B + i is view v of sample i)")
     ids = torch.arange(z.shape[0], device=z.device)
@@ -183,7 +186,7 @@ def sup_con(
     spec = ContrastSpec(positive="label", exclude_self=True, pos_stat="sum" if variant == "out" else "lse",
                         col_log_weight=class_prior is not None)
     row, _ = run_contrast(spec, anchors, z, scale, row_meta={"label": a_label, "self_id": a_ids},
-                          col_meta=col_meta, tile_size=tile_size, gather=gather)
+                          col_meta=col_meta, mode=mode)
     n_pos, n_neg = row[:, 2], row[:, 3]
     if full_validation() and bool((n_pos == 0).any()):
         k = int((n_pos == 0).sum())
@@ -201,37 +204,21 @@ def sup_con(
     return reduce(per_anchor, reduction)
 
 
-class SupCon(nn.Module):
-    """Module form of :func:`sup_con`; ``forward(features, labels=None, anchor_mask=None, temperature=None)`` (a
-    ``temperature`` given to ``forward``, e.g. per sample, replaces the constructor's for that call)."""
+def _check_options(*, temperature, base_temperature, variant, similarity, class_prior, **_) -> None:
+    check_temperature("temperature", temperature)
+    check_positive("base_temperature", base_temperature)
+    check_choice("variant", variant, ("out", "in"))
+    check_choice("similarity", similarity, ("cosine", "dot"))
+    if class_prior is not None:
+        _check_class_prior(class_prior, None)
 
-    def __init__(
-        self,
-        temperature: float = 0.07,
-        base_temperature: float = 0.07,
-        variant: str = "out",
-        similarity: str = "cosine",
-        reduction: str = "mean",
-        tile_size: int | str | tuple[int, int] | None = None,
-        gather: bool | str | None = None,
-        class_prior: Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        check_temperature("temperature", temperature)
-        check_positive("base_temperature", base_temperature)
-        check_choice("variant", variant, ("out", "in"))
-        check_choice("similarity", similarity, ("cosine", "dot"))
-        if class_prior is not None:
-            _check_class_prior(class_prior, None)
-        self.register_buffer("class_prior", class_prior)
-        self.temperature, self.base_temperature, self.variant = temperature, base_temperature, variant
-        self.similarity, self.reduction, self.tile_size, self.gather = similarity, reduction, tile_size, gather
 
-    def forward(self, features: Tensor, labels: Tensor | None = None, anchor_mask: Tensor | None = None,
-                temperature: float | Tensor | None = None) -> Tensor:
-        return sup_con(
-            features, labels, temperature=self.temperature if temperature is None else temperature,
-            base_temperature=self.base_temperature, variant=self.variant, similarity=self.similarity,
-            anchor_mask=anchor_mask, class_prior=self.class_prior, reduction=self.reduction,
-            tile_size=self.tile_size, gather=self.gather,
-        )
+#: Module form of :func:`sup_con`; ``forward(features, labels=None, anchor_mask=None, temperature=None)`` (a
+#: ``temperature`` given to ``forward``, e.g. per sample, replaces the constructor's for that call); ``class_prior``
+#: is kept as a buffer.
+SupCon = loss_module(
+    sup_con, "SupCon", forward=("anchor_mask",), overrides=("temperature",), buffers=("class_prior",),
+    check=_check_options,
+    options=("temperature", "base_temperature", "variant", "similarity", "reduction", "tile_size", "gather",
+             "class_prior"),
+)

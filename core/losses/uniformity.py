@@ -29,12 +29,14 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.losses._checks import check_embeddings, normalize_rows
+from core.losses._module import loss_module
 from core.losses.engine import _index_fill, reduce_pairs
-from core.negatives.distributed import agree_on_input_errors, all_gather_no_grad, resolve_gather, world_size
+from core.negatives.distributed import agree_on_input_errors, all_gather_no_grad
 from core.negatives.execution import Block, safe_logsumexp
+from core.negatives.mode import execution_mode
 
 __all__ = ["kernel_uniformity", "KernelUniformity", "align_uniform", "AlignUniform"]
 
@@ -78,7 +80,8 @@ def kernel_uniformity(
     Returns:
         0-d tensor (lower is more uniform); under ``gather`` the global value on every rank.
     """
-    gather = resolve_gather(gather)
+    mode = execution_mode(tile_size, gather)
+    gather = mode.gather
     if isinstance(views, Tensor) and views.dim() == 2:
         views = views[:, None]
     check_embeddings("views", views, ndim=3)
@@ -86,12 +89,12 @@ def kernel_uniformity(
         raise ValueError(f"views has no views (shape {tuple(views.shape)})")
     _check_number("gamma", gamma)
     B = views.shape[0]
-    W = world_size() if gather else 1
+    W = mode.world
     if B * W < 2:
         raise ValueError("kernel uniformity needs at least 2 samples")
     mu = normalize_rows(views, "views (rows are (sample, view))").mean(1)
     row, _ = reduce_pairs(_GaussianBlock(float(gamma)), mu, mu, row_kinds=("lse", "count"),
-                          row_meta={"self_id": torch.arange(B, device=mu.device)}, tile_size=tile_size, gather=gather)
+                          row_meta={"self_id": torch.arange(B, device=mu.device)}, mode=mode)
     local = torch.logsumexp(row[:, 0], 0)
     n_pairs = row[:, 1].sum()
     if W == 1:
@@ -119,28 +122,18 @@ def align_uniform(z1: Tensor, z2: Tensor, *, alpha: float = 2.0, t: float = 2.0,
     return alignment(z1, z2, alpha) + weight * 0.5 * (uniformity(z1, t) + uniformity(z2, t))
 
 
-class KernelUniformity(nn.Module):
-    """Module form of :func:`kernel_uniformity`; ``forward(views)``."""
-
-    def __init__(self, gamma: float = 2.0, tile_size: int | str | tuple[int, int] | None = None,
-                 gather: bool | str | None = None) -> None:
-        super().__init__()
-        _check_number("gamma", gamma)
-        self.gamma, self.tile_size, self.gather = gamma, tile_size, gather
-
-    def forward(self, views: Tensor) -> Tensor:
-        return kernel_uniformity(views, gamma=self.gamma, tile_size=self.tile_size, gather=self.gather)
+#: Module form of :func:`kernel_uniformity`; ``forward(views)``.
+KernelUniformity = loss_module(kernel_uniformity, "KernelUniformity",
+                               check=lambda *, gamma, **_: _check_number("gamma", gamma))
 
 
-class AlignUniform(nn.Module):
-    """Module form of :func:`align_uniform`; ``forward(z1, z2)``."""
 
-    def __init__(self, alpha: float = 2.0, t: float = 2.0, weight: float = 1.0) -> None:
-        super().__init__()
-        _check_number("alpha", alpha)
-        _check_number("t", t)
-        _check_number("weight", weight, strict=False)
-        self.alpha, self.t, self.weight = alpha, t, weight
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        return align_uniform(z1, z2, alpha=self.alpha, t=self.t, weight=self.weight)
+def _check_align_uniform(*, alpha, t, weight) -> None:
+    _check_number("alpha", alpha)
+    _check_number("t", t)
+    _check_number("weight", weight, strict=False)
+
+
+#: Module form of :func:`align_uniform`; ``forward(z1, z2)``.
+AlignUniform = loss_module(align_uniform, "AlignUniform", check=_check_align_uniform)

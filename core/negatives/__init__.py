@@ -10,20 +10,18 @@ from core.negatives.distributed import (
     ring_pair_reduce,
     world_size,
 )
-from core.negatives.execution import Block, pair_reduce, resolve_tile_size, safe_logsumexp
+from core.negatives.execution import Block, pair_reduce, safe_logsumexp
 from core.negatives.grad_cache import GradCache, RngState, grad_cache_step
-from core.negatives.mixing import (
-    hardest_negatives,
-    info_nce_with_mixing,
-    info_nce_with_synthetic,
-    mix_hard_negatives,
-    synthetic_logits,
-)
+from core.negatives.mixing import hardest_negatives, mix_hard_negatives
+from core.negatives.mode import ExecutionMode, execution_mode, resolve_gather, resolve_tile_size
 from core.negatives.momentum import MomentumEncoder, cosine_momentum, ema_update
 from core.negatives.queue import MemoryQueue
 
 __all__ = [
     "Block",
+    "ExecutionMode",
+    "execution_mode",
+    "resolve_gather",
     "GradCache",
     "MemoryQueue",
     "MomentumEncoder",
@@ -33,10 +31,7 @@ __all__ = [
     "ema_update",
     "grad_cache_step",
     "hardest_negatives",
-    "info_nce_with_mixing",
-    "info_nce_with_synthetic",
     "mix_hard_negatives",
-    "synthetic_logits",
     "world_size",
     "all_gather_with_grad",
     "gather_candidates",
@@ -47,3 +42,13 @@ __all__ = [
     "ring_pair_reduce",
     "safe_logsumexp",
 ]
+
+
+def __getattr__(name: str):
+    """``core.negatives.info_nce_with_mixing`` (and ``info_nce_with_synthetic``, ``synthetic_logits``) still
+    resolve: those losses are defined in :mod:`core.losses.mixing` now."""
+    from core.negatives import mixing
+
+    if name in mixing._MOVED_TO_LOSSES:
+        return getattr(mixing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,17 +51,26 @@ the single-process computation.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from core.negatives.execution import _KINDS, BlockFn, BlockWalk, _init, pair_reduce, resolve_tile_size
+from core.negatives.execution import BlockFn, BlockWalk, _init, check_kinds, pair_reduce
+from core.negatives.mode import (  # noqa: F401  (gather resolution lives in mode; re-exported here)
+    _DEFAULT_GATHER,
+    ExecutionMode,
+    _rank_world,
+    check_ring,
+    default_gather,
+    execution_mode,
+    resolve_gather,
+    world_size,
+)
 from core.negatives.validation import full_validation
 
 __all__ = [
@@ -76,43 +85,6 @@ __all__ = [
     "ring_pair_reduce",
     "RingPairReduce",
 ]
-
-
-def _rank_world(group=None) -> tuple[int, int]:
-    """(rank, world size) in ``group``; (0, 1) without an initialised process group."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def world_size(group=None) -> int:
-    """Number of ranks in ``group`` (the default group); 1 without an initialised process group."""
-    return _rank_world(group)[1]
-
-
-_DEFAULT_GATHER: contextvars.ContextVar[bool | str] = contextvars.ContextVar("core_default_gather", default=False)
-
-
-@contextlib.contextmanager
-def default_gather(gather: bool | str = True) -> Iterator[None]:
-    """Inside, a loss called with ``gather=None`` (every loss's default) gathers candidates from every rank as
-    ``gather`` says (``True`` or ``"ring"``) whenever a process group of more than one rank exists. The app runner
-    enters it for multi-device runs, so no app code decides it."""
-    if gather not in (False, True, "ring"):
-        raise ValueError(f"gather must be False, True or 'ring', got {gather!r}")
-    token = _DEFAULT_GATHER.set(gather)
-    try:
-        yield
-    finally:
-        _DEFAULT_GATHER.reset(token)
-
-
-def resolve_gather(gather: bool | str | None) -> bool | str:
-    """``gather`` as given, or for ``None`` the default of :func:`default_gather` (``False`` outside it, and
-    always ``False`` without a process group of more than one rank)."""
-    if gather is not None:
-        return gather
-    return _DEFAULT_GATHER.get() if world_size() > 1 else False
 
 
 def _global_rank(group, rank: int) -> int:
@@ -450,7 +422,7 @@ def ring_pair_reduce(
     params: Sequence[Tensor] = (),
     row_meta: Mapping[str, Tensor] | None = None,
     col_meta: Mapping[str, Tensor] | None = None,
-    tile_size: int | str | tuple[int, int] | None = None,
+    tile_size: int | str | tuple[int, int] | ExecutionMode | None = None,
     id_keys: Sequence[str] = ("pos_id", "self_id"),
     group=None,
 ) -> tuple[Tensor, Tensor]:
@@ -474,17 +446,15 @@ def ring_pair_reduce(
     Every rank must call it with the same ``row_kinds``, metadata keys, trailing shapes, dtypes and
     ``requires_grad`` of the candidates (the backward's point-to-point exchanges must pair up).
     """
-    if col_kinds:
-        raise ValueError("gather='ring' computes row statistics only; column statistics are not supported")
-    for k in row_kinds:
-        if k not in _KINDS:
-            raise ValueError(f"unknown statistic kind {k!r}; expected one of {_KINDS}")
+    check_ring(column_stats=bool(col_kinds))
+    mode = execution_mode(tile_size, "ring")
+    check_kinds(*row_kinds)
     row_meta = dict(row_meta or {})
     col_meta = dict(col_meta or {})
     rank, world = _rank_world(group)
     if world == 1:
         return pair_reduce(anchors, candidates, block_fn, row_kinds=row_kinds, params=params,
-                           row_meta=row_meta, col_meta=col_meta, tile_size=tile_size)
+                           row_meta=row_meta, col_meta=col_meta, tile_size=mode)
     sizes = tuple(gather_sizes(candidates.shape[0], candidates.device, group))
     ring = _Ring(group, rank, world, sizes, _global_rank(group, (rank + 1) % world),
                  _global_rank(group, (rank - 1) % world))
@@ -492,7 +462,7 @@ def ring_pair_reduce(
         if key in row_meta:
             row_meta[key] = row_meta[key] + ring.offsets[rank]
     B = anchors.shape[0]
-    tiles = resolve_tile_size(tile_size, B, max(sizes), anchors.dtype, device=anchors.device)
+    tiles = mode.tiles(B, max(sizes), anchors.dtype, anchors.device)
     tiles = tiles or (max(B, 1), max(max(sizes), 1))
     meta_keys = tuple(sorted(col_meta))
     walk = BlockWalk(block_fn, tuple(row_kinds), (), row_meta, {}, tiles)

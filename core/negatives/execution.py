@@ -23,16 +23,29 @@ The two block loops live in :class:`BlockWalk` so that the ring of
 
 from __future__ import annotations
 
-import numbers
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+# tile resolution lives with the rest of the execution-mode decision (re-exported here, where it used to be)
+from core.negatives.mode import (  # noqa: F401
+    AUTO_MEMORY_SHARE,
+    DEFAULT_TILE,
+    DEFAULT_TILE_CUDA,
+    DENSE_BUFFERS,
+    SMALL_TILE,
+    ExecutionMode,
+    available_memory_bytes,
+    check_tile_size,
+    default_tile,
+    execution_mode,
+    resolve_tile_size,
+)
+
 __all__ = ["DEFAULT_TILE", "DEFAULT_TILE_CUDA", "Block", "BlockFn", "available_memory_bytes", "default_tile",
-           "check_tile_size", "pair_reduce", "resolve_tile_size", "safe_logsumexp"]
+           "check_kinds", "check_tile_size", "pair_reduce", "resolve_tile_size", "safe_logsumexp"]
 
 _KINDS = ("lse", "sum", "count")
 
@@ -77,6 +90,13 @@ def safe_logsumexp(x: Tensor, dim: int) -> Tensor:
     return torch.where(pos, out, torch.full_like(out, float("-inf")))
 
 
+def check_kinds(*kinds: str) -> None:
+    """Every statistic kind must be one of ``"lse"``, ``"sum"``, ``"count"``."""
+    for k in kinds:
+        if k not in _KINDS:
+            raise ValueError(f"unknown statistic kind {k!r}; expected one of {_KINDS}")
+
+
 def _slice_meta(meta: Mapping[str, Tensor], sl: slice) -> dict[str, Tensor]:
     return {k: v[sl] for k, v in meta.items()}
 
@@ -101,105 +121,6 @@ def _block_weight(part: Tensor, total: Tensor, kind: str) -> Tensor:
         w = torch.exp(part - total)
         return torch.where(torch.isfinite(part), w, torch.zeros_like(w))
     return torch.ones_like(part)
-
-
-#: tile used by ``tile_size="auto"`` when the dense pass does not fit (rows, cols): large enough that the
-#: per-tile overhead is small on CPU, small enough that tiled memory at B = 16384 stays a few % of dense.
-DEFAULT_TILE = (1024, 8192)
-#: the same on a GPU, where small tiles leave the device launch-bound: on an H200 the tiled pass took 1.8-2x less
-#: time with 1024 x 8192 tiles than with 1024 x 4096 (B = 65536 and 262144), so CUDA gets 4x larger tiles
-#: (256 MB of fp32 logits per tile; still < 1 % of a dense pass at B = 65536).
-DEFAULT_TILE_CUDA = (4096, 16384)
-#: B x N-sized buffers a dense pass keeps alive at its peak (measured 2.9-4.9 for the losses here, fp32, on the
-#: CPU and on an H200 alike: CLIP 2.9, NT-Xent 2.9, SupCon 3.4-3.6, SigLIP 4.8).
-DENSE_BUFFERS = 6
-#: share of the free memory ``"auto"`` lets a dense pass use: half on the CPU, where running out kills the
-#: process (and other work on the machine), 80 % of a GPU's free memory, where it raises a catchable error.
-AUTO_MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8}
-
-
-def available_memory_bytes(device: torch.device | None = None) -> int:
-    """Free memory of ``device``: on CUDA the driver's free memory plus what PyTorch's caching allocator holds
-    but does not use (without it, the memory a first dense pass left cached would make every later call look
-    short of memory and switch to tiles: measured on an H200), ``MemAvailable`` of /proc/meminfo on the CPU
-    (8 GiB assumed where it cannot be read)."""
-    if device is not None and device.type == "cuda":
-        cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached_unused))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
-
-
-def default_tile(device: torch.device | None = None) -> tuple[int, int]:
-    """The tile ``"auto"`` uses on ``device`` when the dense pass does not fit."""
-    return DEFAULT_TILE_CUDA if device is not None and device.type == "cuda" else DEFAULT_TILE
-
-
-def resolve_tile_size(
-    tile_size: int | str | tuple[int, int] | None, n_rows: int, n_cols: int, dtype: torch.dtype,
-    memory_budget_bytes: int | None = None, device: torch.device | None = None,
-) -> tuple[int, int] | None:
-    """Turn the user's ``tile_size`` into (row_tile, col_tile), or ``None`` for dense.
-
-    ``"auto"`` picks dense whenever the dense pass fits (``DENSE_BUFFERS`` buffers of n_rows x n_cols) in
-    ``memory_budget_bytes`` (default: :data:`AUTO_MEMORY_SHARE` of the memory available now on ``device``), so
-    nobody pays the recomputation cost for nothing; otherwise :func:`default_tile` for the device.
-    """
-    check_tile_size(tile_size)
-    if tile_size is None:
-        return None
-    if isinstance(tile_size, str):
-        kind = device.type if device is not None else "cpu"
-        if memory_budget_bytes is not None:
-            budget = memory_budget_bytes
-        else:
-            budget = int(available_memory_bytes(device) * AUTO_MEMORY_SHARE.get(kind, 0.5))
-        itemsize = torch.finfo(dtype).bits // 8
-        if DENSE_BUFFERS * n_rows * n_cols * itemsize <= budget:
-            return None
-        return default_tile(device)
-    rt, ct = (int(tile_size[0]), int(tile_size[1])) if isinstance(tile_size, (tuple, list)) else (int(tile_size),) * 2
-    if (rt < SMALL_TILE < n_rows or ct < SMALL_TILE < n_cols) and (rt, ct) not in _WARNED_SMALL_TILES:
-        _WARNED_SMALL_TILES.add((rt, ct))
-        warnings.warn(f"tile_size={tile_size!r} on a {n_rows} x {n_cols} pair matrix: tiles below {SMALL_TILE} run "
-                      "many times slower than larger ones (tile_size=1 measured ~1,500x slower than dense); use "
-                      "tiles of a few hundred or more, or tile_size='auto' (warned once per tile size)",
-                      RuntimeWarning, stacklevel=3)
-    return rt, ct
-
-
-#: tiles below this many rows / columns on a larger pair matrix draw a (one-time) warning: per-tile overhead
-#: dominates there.
-SMALL_TILE = 64
-_WARNED_SMALL_TILES: set[tuple[int, int]] = set()
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def check_tile_size(tile_size) -> None:
-    """``tile_size``: ``None`` (dense), ``"auto"``, an int >= 1, or a (rows, cols) pair of ints >= 1 (tuple or
-    list). Anything else (a bool, a float such as 2.7, a string other than "auto", ...) raises ``ValueError``."""
-    if tile_size is None or (isinstance(tile_size, str) and tile_size == "auto"):
-        return
-    accepted = "tile_size must be None, 'auto', an int >= 1 or a (rows, cols) pair of ints >= 1"
-    if isinstance(tile_size, (tuple, list)):
-        if len(tile_size) != 2 or not all(_is_int(v) for v in tile_size):
-            raise ValueError(f"{accepted}, got {tile_size!r}")
-        if min(tile_size) < 1:
-            raise ValueError(f"{accepted}, got {tile_size!r} (must be positive)")
-        return
-    if not _is_int(tile_size):
-        raise ValueError(f"{accepted}, got {tile_size!r} ({type(tile_size).__name__})")
-    if tile_size < 1:
-        raise ValueError(f"{accepted}, got {tile_size!r} (must be positive)")
 
 
 def _ids(n: int, offset: int, device: torch.device) -> Tensor:
@@ -359,7 +280,7 @@ def pair_reduce(
     params: Sequence[Tensor] = (),
     row_meta: Mapping[str, Tensor] | None = None,
     col_meta: Mapping[str, Tensor] | None = None,
-    tile_size: int | str | tuple[int, int] | None = None,
+    tile_size: int | str | tuple[int, int] | ExecutionMode | None = None,
     row_offset: int = 0,
     col_offset: int = 0,
 ) -> tuple[Tensor, Tensor]:
@@ -376,17 +297,16 @@ def pair_reduce(
         row_kinds / col_kinds: ``"lse"``, ``"sum"`` or ``"count"`` per statistic.
         params: extra differentiable tensors (logit scale, bias) passed whole to every block.
         row_meta / col_meta: per-row / per-column tensors sliced to each block.
-        tile_size: ``None`` (dense), an int, ``(rows, cols)`` or ``"auto"``.
+        tile_size: ``None`` (dense), an int, ``(rows, cols)`` or ``"auto"``, or the
+            :class:`~core.negatives.mode.ExecutionMode` of the calling loss (its tiles, resolved once per call).
         row_offset / col_offset: global id of the first anchor / candidate (non-zero when the
             candidates are one rank's shard of a gathered set).
     """
-    for k in (*row_kinds, *col_kinds):
-        if k not in _KINDS:
-            raise ValueError(f"unknown statistic kind {k!r}; expected one of {_KINDS}")
+    check_kinds(*row_kinds, *col_kinds)
     row_meta = dict(row_meta or {})
     col_meta = dict(col_meta or {})
     B, N = anchors.shape[0], candidates.shape[0]
-    tiles = resolve_tile_size(tile_size, B, N, anchors.dtype, device=anchors.device)
+    tiles = execution_mode(tile_size, False).tiles(B, N, anchors.dtype, anchors.device)
     if tiles is None or (tiles[0] >= B and tiles[1] >= N):
         dev = anchors.device
         blk = Block(_ids(B, row_offset, dev), _ids(N, col_offset, dev), row_meta, col_meta,

@@ -664,6 +664,15 @@ ADAPTERS.update({
         _labelled, lambda d, t, **kw: _losses().circle_loss(d["x"], d["y"], d["labels"], gamma=8.0 / t, **kw),
         function="circle_loss",
     ),
+    # CACR has no temperature: the loss is scaled by t so the harness's temperature gradient is its value
+    "cacr": LossAdapter(
+        _two_views, lambda d, t, **kw: t * _losses().cacr(d["x"], d["y"], t_pos=1.5, t_neg=2.0, **kw),
+        function="cacr",
+    ),
+    "cacr_labels": LossAdapter(
+        _labelled, lambda d, t, **kw: t * _losses().cacr(d["x"], d["y"], d["labels"], t_pos=1.5, t_neg=2.0, **kw),
+        function="cacr",
+    ),
     "mv_dhel": LossAdapter(
         _three_views,
         lambda d, t, **kw: _losses().multi_view_dhel(_stack(d, ("x", "y", "z")), temperature=t, **kw),

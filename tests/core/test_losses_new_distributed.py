@@ -23,6 +23,8 @@ CASES = [
     pytest.param("poly_view", {"aggregation": "geometric"}, id="poly_view-geometric"),
     pytest.param("circle", {}, id="circle-labels"),
     pytest.param("mv_dhel", {}, id="mv_dhel"),
+    pytest.param("cacr", {}, id="cacr"),
+    pytest.param("cacr_labels", {"similarity": "dot"}, id="cacr-labels-dot"),
 ]
 MODES = [pytest.param(True, None, id="gather"), pytest.param("ring", 2, id="ring-tiled")]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-import core.negatives.execution as execution
+import core.negatives.mode as execution_mode_module
 from core.losses import (
     align_uniform,
     auc_contrastive,
@@ -248,7 +248,7 @@ def test_a_list_tile_size_works_like_a_tuple():
 
 
 def test_small_tiles_on_a_larger_input_warn_once(monkeypatch):
-    monkeypatch.setattr(execution, "_WARNED_SMALL_TILES", set())
+    monkeypatch.setattr(execution_mode_module, "_WARNED_SMALL_TILES", set())
     a, b = torch.randn(80, 4), torch.randn(80, 4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -6,13 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.losses import info_nce
-from core.negatives.mixing import (
-    hardest_negatives,
-    info_nce_with_mixing,
-    info_nce_with_synthetic,
-    mix_hard_negatives,
-)
+from core.losses import info_nce, info_nce_with_mixing, info_nce_with_synthetic
+from core.negatives.mixing import hardest_negatives, mix_hard_negatives
 
 B, K, D = 7, 20, 5
 EXACT = {"rtol": 1e-10, "atol": 1e-12}
@@ -153,3 +148,22 @@ def test_errors():
         info_nce_with_synthetic(q, k, torch.zeros(B + 1, 2, D, dtype=torch.float64))
     with pytest.raises(ValueError, match="no negatives"):
         info_nce_with_synthetic(q[:1], k[:1], q.new_zeros(1, 0, D))
+
+
+def test_the_loss_lives_in_core_losses_and_the_old_paths_still_resolve():
+    import subprocess
+    import sys
+
+    import core.losses.mixing as losses_mixing
+    import core.negatives
+    import core.negatives.mixing as negatives_mixing
+
+    assert info_nce_with_synthetic.__module__ == "core.losses.mixing"
+    for name in ("info_nce_with_mixing", "info_nce_with_synthetic", "synthetic_logits"):
+        assert getattr(negatives_mixing, name) is getattr(losses_mixing, name)
+        assert getattr(core.negatives, name) is getattr(losses_mixing, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        core.negatives.no_such_name  # noqa: B018
+    # the mining package does not need core.losses: importing it loads none of it
+    code = "import sys, core.negatives.mixing; assert not any(m.startswith('core.losses') for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)

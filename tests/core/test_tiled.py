@@ -139,7 +139,7 @@ def test_auto_tiles_when_the_dense_pass_does_not_fit():
 
 def test_auto_budget_share_and_tile_depend_on_the_device(monkeypatch):
     # dense needs DENSE_BUFFERS x 4096^2 fp32 = 384 MiB; with 600 MiB free the CPU (half) tiles, a GPU (80 %) not
-    import core.negatives.execution as ex
+    import core.negatives.mode as ex
 
     monkeypatch.setattr(ex, "available_memory_bytes", lambda device=None: 600 << 20)
     assert ex.DENSE_BUFFERS * 4096 * 4096 * 4 == 384 << 20
@@ -156,7 +156,7 @@ def test_auto_budget_share_and_tile_depend_on_the_device(monkeypatch):
 def test_cuda_available_memory_counts_the_allocators_unused_cache(monkeypatch):
     """Memory PyTorch caches after a dense pass is free for the next one: 'auto' must not flip to tiles on the
     second call (the H200 benchmark picked dense for the warm-up, then tiles for every timed pass)."""
-    import core.negatives.execution as ex
+    import core.negatives.mode as ex
 
     gib = 1 << 30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 80 * gib))
