@@ -29,7 +29,8 @@ Losses (all also as ``nn.Module`` classes; every one but ``sup_re_mix`` runs den
   2020; the loss in :mod:`core.losses.mixing`, the mining in :mod:`core.negatives.mixing`).
 
 ``info_nce``, ``nt_xent`` and ``sup_con`` (and ``debiased_info_nce``, ``auc_contrastive``) accept a per-anchor
-temperature tensor; :class:`TemperatureNet` (TempNet) and :class:`PerSampleTemperature` (iSogCLR) produce one.
+temperature tensor; :class:`TemperatureNet` (TempNet) and :class:`PerSampleTemperature` (iSogCLR) produce one,
+:func:`alignment_temperature` (MACL) one per step from the batch's alignment.
 ``info_nce(top_k=K)`` keeps the K hardest negatives; ``sup_con(class_prior=pi)`` adds ``-log pi_y`` per column.
 
 float16 / bfloat16 inputs are computed in float32 and the loss is returned in float32 (see
@@ -54,7 +55,7 @@ from core.losses.poly_view import PolyViewInfoNCE, poly_view_info_nce
 from core.losses.sig_lip import SigLIP, sig_lip
 from core.losses.sup_con import SupCon, sup_con
 from core.losses.sup_re_mix import SupReMix, sup_re_mix
-from core.losses.temperature import PerSampleTemperature, TemperatureNet
+from core.losses.temperature import PerSampleTemperature, TemperatureNet, alignment_temperature
 from core.losses.uniformity import AlignUniform, KernelUniformity, align_uniform, kernel_uniformity
 from core.negatives.validation import validation, validation_mode
 
@@ -77,7 +78,7 @@ __all__ = [
     "circle_loss", "CircleLoss",
     "multi_view_dhel", "MultiViewDHEL",
     "cacr", "CACR",
-    "TemperatureNet", "PerSampleTemperature",
+    "TemperatureNet", "PerSampleTemperature", "alignment_temperature",
     "info_nce_with_mixing", "info_nce_with_synthetic",
     "validation", "validation_mode",
 ]

@@ -12,12 +12,23 @@ r"""Per-sample temperatures for :func:`~core.losses.info_nce`, :func:`~core.loss
   drive its temperature to 0 or infinity.
 * :class:`PerSampleTemperature` keeps one learnable temperature per training sample, looked up by index
   (iSogCLR's individualised temperatures), with the same bounded parametrisation.
+* :func:`alignment_temperature` is MACL's model-aware temperature: one temperature per step from the batch's
+  alignment magnitude (mean positive cosine similarity, no gradient),
+
+  .. math::
+      \tau_A = \tau_0\,\big(1 + \alpha\,(A - A_0)\big), \qquad A = \tfrac{1}{B}\textstyle\sum_i \cos(q_i, k_i),
+
+  small while positives are still far apart (hard negatives weigh more), larger once the model aligns them
+  (more tolerance to semantically close negatives). MACL's second part, a reweighting of the loss's gradient, is
+  not implemented here.
 
 References:
     Qiu, Hu, Yuan, Zhou, Zhang, Yang, "Not All Semantics are Created Equal: Contrastive Self-supervised
     Learning with Automatic Temperature Individualization" (iSogCLR), ICML 2023.
     Qiu, Wang, Wang, Lu, Hu, Yang, "To Cool or not to Cool? Temperature Network Meets Large Foundation
     Models via DRO" (TempNet), ICML 2024.
+    Huang, Chen, Wen, Zhang, Li, Wang, Chen, "Model-Aware Contrastive Learning: Towards Escaping the Dilemmas"
+    (MACL), ICML 2023.
 """
 
 from __future__ import annotations
@@ -28,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.losses._checks import check_embeddings
+from core.losses._checks import check_embeddings, check_pair
 
-__all__ = ["TemperatureNet", "PerSampleTemperature"]
+__all__ = ["TemperatureNet", "PerSampleTemperature", "alignment_temperature"]
 
 
 def _check_bounds(tau_min: float, tau_max: float, init: float) -> None:
@@ -111,3 +122,36 @@ class PerSampleTemperature(nn.Module):
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.n):
             raise ValueError(f"index must lie in [0, {self.n}), got range [{int(index.min())}, {int(index.max())}]")
         return self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(self.logit[index.to(self.logit.device)])
+
+
+def alignment_temperature(query: Tensor, key: Tensor, *, tau0: float = 0.1, alpha: float = 0.5, a0: float = 0.0,
+                          gather: bool | str | None = None) -> Tensor:
+    """MACL's alignment-adaptive temperature ``tau0 * (1 + alpha * (A - a0))``, a 0-d tensor without gradient.
+
+    ``A`` is the mean cosine similarity of the positive pairs ``(query[i], key[i])``; with ``gather`` (resolved as
+    in the losses: ``None`` follows the runner's default) it is the mean over every rank's pairs (one all-reduce),
+    so all ranks use the same temperature. Pass the result as any loss's ``temperature``. Requires ``tau0 > 0``,
+    ``0 <= alpha <= 1``, ``-1 <= a0 <= 1`` and ``alpha * (1 + a0) < 1`` (then ``tau_A > 0`` for every ``A`` in
+    [-1, 1])."""
+    from core.negatives.mode import resolve_gather, world_size
+
+    check_pair("query", query, "key", key)
+    for name, v in (("tau0", tau0), ("alpha", alpha), ("a0", a0)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if tau0 <= 0:
+        raise ValueError(f"tau0 must be > 0, got {tau0}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if not -1 <= a0 <= 1:
+        raise ValueError(f"a0 must lie in [-1, 1] (a cosine similarity), got {a0}")
+    if alpha * (1 + a0) >= 1:
+        raise ValueError(f"alpha * (1 + a0) must be < 1 so that the temperature stays positive at A = -1, got "
+                         f"alpha={alpha}, a0={a0}")
+    with torch.no_grad():
+        cos = F.cosine_similarity(query.float(), key.float(), dim=1, eps=1e-12)
+        total = torch.stack([cos.sum(), torch.tensor(float(cos.numel()), device=cos.device)])
+        if resolve_gather(gather) and world_size() > 1:
+            torch.distributed.all_reduce(total)
+        a = total[0] / total[1]
+        return tau0 * (1 + alpha * (a - a0))

@@ -706,3 +706,25 @@ def kernel_uniformity_reference(sizes: Sequence[int]) -> dict:
     loss = kernel_uniformity(views, gamma=1.5)
     (grad,) = torch.autograd.grad(loss, views)
     return {"loss": loss.detach(), "grad": len(sizes) * grad}
+
+
+def alignment_temperature_task(rank: int, world: int, sizes: Sequence[int], gather) -> dict:
+    """Each rank's MACL temperature from its own rows of one global batch."""
+    from core.losses import alignment_temperature
+
+    g = torch.Generator().manual_seed(9)
+    q, k = torch.randn(sum(sizes), 5, generator=g, dtype=DTYPE), torch.randn(sum(sizes), 5, generator=g, dtype=DTYPE)
+    rows = rank_rows(sizes, rank)
+    return {"tau": alignment_temperature(q[rows], k[rows], tau0=0.2, alpha=0.5, a0=0.1, gather=gather)}
+
+
+def alignment_temperature_reference(sizes: Sequence[int]) -> list[float]:
+    """The global batch's temperature, then each rank's from its own rows only."""
+    g = torch.Generator().manual_seed(9)
+    q, k = torch.randn(sum(sizes), 5, generator=g, dtype=DTYPE), torch.randn(sum(sizes), 5, generator=g, dtype=DTYPE)
+
+    def tau(rows):
+        a = sum(float(q[i] @ k[i]) / math.sqrt(float(q[i] @ q[i]) * float(k[i] @ k[i])) for i in rows) / len(rows)
+        return 0.2 * (1 + 0.5 * (a - 0.1))
+
+    return [tau(range(sum(sizes)))] + [tau(rank_rows(sizes, r).tolist()) for r in range(len(sizes))]

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _dist_helpers import Case, DistPool, as_tensor, kernel_uniformity_reference, loss_reference
+from _dist_helpers import (
+    Case,
+    DistPool,
+    alignment_temperature_reference,
+    as_tensor,
+    kernel_uniformity_reference,
+    loss_reference,
+)
 
 RTOL, ATOL = 1e-10, 1e-12
 
@@ -67,3 +74,12 @@ def test_kernel_uniformity_is_global_on_every_rank(pool2, gather, tile_size):
         _close(g["loss"], want["loss"], f"rank {r} loss")
         rows = slice(sum(sizes[:r]), sum(sizes[: r + 1]))
         _close(g["grad"], want["grad"][rows], f"rank {r} grad")
+
+
+def test_alignment_temperature_is_one_global_value_with_gather(pool2):
+    sizes = (3, 5)
+    want = alignment_temperature_reference(sizes)
+    for r, g in enumerate(pool2.run("alignment_temperature_task", sizes, True)):
+        assert float(g["tau"]) == pytest.approx(want[0], rel=1e-6), f"rank {r}"
+    for r, g in enumerate(pool2.run("alignment_temperature_task", sizes, False)):  # each rank its own rows
+        assert float(g["tau"]) == pytest.approx(want[1 + r], rel=1e-6), f"rank {r}"

@@ -421,3 +421,22 @@ def test_top_k_threshold_is_robust_to_recomputed_tiles_in_float32():
     ref = ref_info_nce(q.double(), k.double(), 0.07, top_k=5, reduction="none")
     torch.testing.assert_close(dense.double(), ref, rtol=1e-4, atol=1e-4)
     assert math.isfinite(float(dense.sum()))
+
+
+def test_alignment_temperature_by_hand_and_as_a_loss_temperature():
+    from core.losses import alignment_temperature
+
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], requires_grad=True)
+    k = torch.tensor([[2.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])  # cosines 1, 0, -1: A = 0
+    tau = alignment_temperature(q, k, tau0=0.1, alpha=0.5, a0=-0.4)
+    assert float(tau) == pytest.approx(0.1 * (1 + 0.5 * (0.0 + 0.4)))  # 0.12
+    assert not tau.requires_grad  # MACL's temperature carries no gradient
+    assert float(alignment_temperature(q, q.detach(), tau0=0.2, alpha=0.5)) == pytest.approx(0.2 * 1.5)  # A = 1
+    assert torch.allclose(info_nce(q, k, temperature=tau), info_nce(q, k, temperature=0.12))
+    for kwargs, msg in (({"tau0": 0.0}, "tau0 must be > 0"), ({"alpha": 1.5}, r"alpha must lie in \[0, 1\]"),
+                        ({"a0": 2.0}, "a0 must lie in"), ({"alpha": 0.6, "a0": 0.8}, "stays positive"),
+                        ({"tau0": float("nan")}, "tau0 must be a finite number")):
+        with pytest.raises(ValueError, match=msg):
+            alignment_temperature(q, k, **kwargs)
+    with pytest.raises(ValueError, match="same batch|batch size"):
+        alignment_temperature(q, k[:2])
