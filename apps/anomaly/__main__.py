@@ -76,7 +76,8 @@ APP = App(
     "anomaly",
     "One-class anomaly detection with the mean-shifted contrastive loss (Reiss & Hoshen 2023): NT-Xent "
     "pre-training, MSC fine-tuning on the normal class (BatchNorm frozen, epoch chosen on held-out normals), and "
-    "the default score msc_raw (z-normalised kNN on raw inputs + kNN on MSC features), against raw kNN, PyOD "
+    "the default score msc_raw (z-normalised kNN on raw inputs and on MSC features, weighted per task without "
+    "labels), against raw kNN, PyOD "
     "(kNN, LOF, OCSVM, ECOD, COPOD), Isolation Forest and deep kNN baselines. Data formats and full mode: "
     "docs/apps/anomaly.md.",
     AnomalySettings,

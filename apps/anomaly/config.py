@@ -4,6 +4,7 @@ flags, and validates them before anything is written."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,11 @@ class AnomalySettings(AppSettings):
                                                       "convention). Default: on for images, off for tables, where "
                                                       "the feature norm carries most of the anomaly signal",
                                            model=False)
+    msc_weight: str = option("auto", help="weight w of the MSC-feature term in the default score msc_raw = (1 - w) "
+                                          "z(raw kNN) + w z(MSC kNN): a number in [0, 1] (0.5 = equal weights), or "
+                                          "'auto': per task, the w of {0, 0.25, 0.5, 0.75, 1} that best separates the "
+                                          "held-out normal training samples from Gaussian-perturbed copies of them "
+                                          "(no test data, no labels)", model=False)
     isolation_forest: bool = option(True, help="run the Isolation Forest baseline on the raw inputs", model=False)
     pyod: bool = option(True, help="run PyOD's classical detectors (kNN, LOF, OCSVM, ECOD, COPOD) on the raw "
                                    "inputs as baselines, when PyOD is installed", model=False)
@@ -87,9 +93,22 @@ class AnomalySettings(AppSettings):
         return cls(max_images=2000, pretrain_epochs=3, epochs=3, compact_epochs=2, width=16)
 
     def check(self) -> None:
+        self.fixed_msc_weight()
         if self.pretrain_fraction == 0 and self.encoder_checkpoint is None:
             raise InputError("pretrain_fraction=0 leaves no pre-training pool: pass --encoder-checkpoint CHECKPOINT "
                              "or a pretrain_fraction > 0")
+
+    def fixed_msc_weight(self) -> float | None:
+        """``msc_weight`` as a number, or None for ``auto`` (raises :class:`InputError` for anything else)."""
+        if str(self.msc_weight).strip().lower() == "auto":
+            return None
+        try:
+            w = float(self.msc_weight)
+        except ValueError:
+            w = math.nan
+        if not 0.0 <= w <= 1.0:
+            raise InputError(f"msc_weight must be 'auto' or a number in [0, 1], got {self.msc_weight!r}")
+        return w
 
     def finetune_lr(self, kind: str) -> float:
         """``lr``, or its default: 1e-5 for images (a gentle fine-tune, as the paper's), 1e-4 for tables."""

@@ -90,6 +90,7 @@ def test_unknown_flag_exits_2() -> None:
         (lambda p: separable_table(p / "t.npz"), ["--k", "1000"], "fewer than k"),
         (lambda p: separable_table(p / "t.npz"), ["--encoder-checkpoint", "no.pt"], "no.pt does not exist"),
         (lambda p: separable_table(p / "t.npz"), ["--pretrain-fraction", "0"], "no pre-training pool"),
+        (lambda p: separable_table(p / "t.npz"), ["--msc-weight", "1.5"], "msc_weight must be 'auto' or a number"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys, make, extra: list[str], match: str) -> None:
