@@ -132,11 +132,12 @@ class TrackingSettings(_SimulatorOptions, AppSettings):
                                     model=False)
     min_hits: int = option(3, help="smallest reconstructed track; smaller clusters are split into single hits",
                            low=1, model=False)
-    builder: str = option("learned", help="track builder of the headline method in the report: 'chain' "
-                                          "(best-neighbour chaining), 'cc' (edge-score cut + connected components) "
-                                          "or 'learned' (the set-transformer pivot clusterer); all three are "
-                                          "evaluated, the others are reported as baselines",
-                          choices=("chain", "cc", "learned"), model=False)
+    builder: str = option("road_gnn", help="track builder of the headline method in the report: 'road_gnn' (road "
+                                           "following whose tracks the GNN edges grow, plus GNN chains on the hits "
+                                           "it leaves), 'chain' (best-neighbour chaining), 'cc' (edge-score cut + "
+                                           "connected components) or 'learned' (the set-transformer pivot "
+                                           "clusterer); all are evaluated, the others are reported as baselines",
+                          choices=("road_gnn", "chain", "cc", "learned"), model=False)
     cluster_candidates: int = option(32, help="learned clusterer: candidate set size per pivot (the pivot + its "
                                               "nearest hits)", low=2)
     cluster_hops: int = option(6, help="learned clusterer: candidates are first the hits within this many hops over "

@@ -1,6 +1,7 @@
 """Evaluation: reconstruct every test event with the learned pipeline and the baselines; write the report.
 
-The headline method of the report is the one of ``--builder``; the others are its baselines.
+The headline method of the report is the one of ``--builder`` (default ``road_gnn``); the others are its
+baselines.
 Data sets: ``sim-pu<level>`` (``eval_events`` fresh simulated events per ``eval_pileup`` level, seeds disjoint
 from training) and the real events of ``--data`` (default: the embedded TrackML subset). With ``--eval-data``
 only those events are scored, and the report goes to ``<run-dir>/eval/<name>/``. Methods:
@@ -8,13 +9,14 @@ only those events are scored, and the report goes to ``<run-dir>/eval/<name>/``.
 * ``gnn``: embedding -> kNN graph -> GNN edge scores -> best-neighbour chaining
   (:func:`apps.tracking.model.chain_tracks`);
 * ``gnn_cc``: the same edge scores, edge-score cut + connected components (the standard baseline builder);
-* ``gnn_learned`` (the full method, ``--builder learned``, the default): the same GNN, then the learned
-  clusterer (set transformer over pivots, :mod:`apps.tracking.cluster`), when the run directory has one;
+* ``gnn_learned`` (``--builder learned``): the same GNN, then the learned clusterer (set transformer over
+  pivots, :mod:`apps.tracking.cluster`), when the run directory has one;
 * ``dbscan``: DBSCAN on the TrackML starter-kit helix-transformed coordinates, eps tuned on training events;
 * ``road``: classical road following (:mod:`apps.tracking.road`: triplet seeds, helix extension layer by layer),
   cuts tuned on training events;
-* ``road_gnn``: the same road following steered by the GNN's edge scores (seeds and extensions across low-score
-  graph edges vetoed, low-score candidates dropped, optionally chaining on the hits it leaves unassigned;
+* ``road_gnn`` (``--builder road_gnn``, the default): the same road following steered by the GNN's edge
+  scores (seeds and extensions across low-score graph edges vetoed, low-score candidates dropped, the selected
+  tracks grown along high-score edges onto unassigned hits, then chaining on the hits still unassigned;
   :func:`apps.tracking.road.hybrid_tracks`), cuts tuned on training events, when the model folder has them.
 
 Metrics per data set (means over events): ``trackml_score``, ``efficiency``, ``fake_rate`` (see
@@ -58,9 +60,9 @@ from apps.tracking.model import (  # noqa: E402
     knn_graph,
     reachable_share,
 )
-from apps.tracking.road import RoadConfig, hybrid_tracks, road_tracks  # noqa: E402
+from apps.tracking.road import FAKE_MARGIN, RoadConfig, hybrid_tracks, road_tracks  # noqa: E402
 from apps.tracking.simulate import Geometry, simulate_event  # noqa: E402
-from core.app import Run  # noqa: E402
+from core.app import InputError, Run  # noqa: E402
 from core.app.files import save_figure  # noqa: E402
 
 __all__ = ["reconstruct", "evaluate_events", "evaluate", "scored_events", "EVAL_SEED", "PT_BINS", "METHOD_NAMES",
@@ -71,7 +73,7 @@ PT_BINS = np.array([0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0])
 METHOD_NAMES = {"gnn": "GNN + chaining", "gnn_cc": "GNN + cut/CC", "gnn_learned": "GNN + learned clusterer",
                 "dbscan": "DBSCAN (helix coords)", "road": "road following (triplet seeds + helix roads)",
                 "road_gnn": "road following steered by GNN edge scores"}
-BUILDER_METHOD = {"chain": "gnn", "cc": "gnn_cc", "learned": "gnn_learned"}
+BUILDER_METHOD = {"chain": "gnn", "cc": "gnn_cc", "learned": "gnn_learned", "road_gnn": "road_gnn"}
 
 
 @torch.no_grad()
@@ -178,8 +180,10 @@ def evaluate_events(events: list[Event], embed: HitEmbedding, gnn: EdgeGNN, tuni
             eff_pt[m][0] += mat
             eff_pt[m][1] += tot
         if display is None and keep_first:
-            display = {"xyz": xyz, "pid": pid, "gnn": rec.get(BUILDER_METHOD[cfg.builder].replace("gnn", "tracks"),
-                                                              rec["tracks"]),
+            head = BUILDER_METHOD[cfg.builder]
+            shown = as_singletons(hyb, hyb == 0) if head == "road_gnn" and hyb is not None else \
+                rec.get(head.replace("gnn", "tracks"), rec["tracks"])
+            display = {"xyz": xyz, "pid": pid, "gnn": shown,
                        "dbscan": db, "name": ev.name, "label": METHOD_NAMES[BUILDER_METHOD[cfg.builder]]}
     out = {}
     for m, rows in per.items():
@@ -277,7 +281,9 @@ REPORT_METRICS = ("trackml_score", "efficiency", "fake_rate", "score_uniform", "
                   "clone_rate_70", "edge_efficiency", "edge_purity", "graph_edge_efficiency", "graph_edge_purity",
                   "gnn_edge_auc", "graph_reachable", "cut_reachable", "seconds_per_10k_hits")
 BUILDER_TEXT = {"gnn": "chaining", "gnn_cc": "cut + connected components",
-                "gnn_learned": "learned clusterer (set transformer over pivots)"}
+                "gnn_learned": "learned clusterer (set transformer over pivots)",
+                "road_gnn": "road following (triplet seeds + helix roads) whose tracks grow along the GNN edges, "
+                            "plus GNN chains on the hits it leaves"}
 
 
 def scored_events(s: TrackingSettings) -> tuple[str, list[Event]]:
@@ -304,6 +310,9 @@ def evaluate(run: Run, real: tuple[str, list[Event]] | None = None) -> dict | No
     embed, gnn, tuning = load_models(s, root)
     tuning = {**tuning, "road": load_road(s, root).to_dict(), "hybrid": load_hybrid(root)}
     clusterer = load_clusterer(s, root, required=s.builder == "learned")
+    if s.builder == "road_gnn" and tuning["hybrid"] is None:
+        raise InputError(f"no road_gnn cuts (hybrid.json) in {root}: run `python -m apps.tracking fit` with the same "
+                         "options first (it tunes them on training events), or choose another --builder")
     if not run.is_main:
         return None
     if clusterer is not None:
@@ -362,10 +371,12 @@ def evaluate(run: Run, real: tuple[str, list[Event]] | None = None) -> dict | No
     if tuning["hybrid"] is not None:
         report.notes.append("road_gnn: road following with those cuts, seeds and extensions across kNN-graph edges "
                             "scoring below gnn_cut vetoed, candidates with mean edge score below track_cut dropped, "
-                            "then chaining over edges above fill_cut on the hits left unassigned (None: no "
-                            "chaining), keeping chains of fill_min_hits+ hits whose helix fit residual is within "
-                            "fill_quality; tuned on training events (hybrid.json: best score at a fake rate no "
-                            "higher than plain road following's): "
+                            "the selected tracks grown from their ends along the best edges above extend_cut onto "
+                            "unassigned hits (None: not grown), then chaining over edges above fill_cut on the hits "
+                            "still unassigned (None: no chaining), keeping chains of fill_min_hits+ hits whose "
+                            "helix fit residual is within fill_quality and whose mean internal edge score is at "
+                            "least fill_cohesion; tuned on training events (hybrid.json: best score at a fake rate "
+                            f"at least {FAKE_MARGIN:g} below plain road following's): "
                             + ", ".join(f"{k} {v}" for k, v in tuning["hybrid"].items()) + ".")
     report.plots = plots
     report.extra = {"headline_dataset": real_name, "method": head, "description": description,

@@ -11,6 +11,7 @@ from apps.tracking.metrics import trackml_score
 from apps.tracking.road import (
     EdgeScores,
     RoadConfig,
+    extend_tracks,
     fill_leftovers,
     find_seeds,
     fit_circle,
@@ -229,3 +230,72 @@ def test_unassigned_road_hits_are_scored_as_one_hit_tracks():
     assert len(np.unique(alone[labels == 0])) == 4 and (alone[labels > 0] == labels[labels > 0]).all()
     fixed = track_metrics(alone, pid)
     assert fixed["fake_rate"] == 0.0 and fixed["n_tracks"] == 2 and fixed["efficiency"] == 1.0
+
+
+def test_extend_tracks_grows_a_stopped_track_into_a_true_one() -> None:
+    """Particle 1: hits 0-9 on the x axis (10 ... 100 mm), of which the track (id 1) holds only 2-5: 4 of 10 hits,
+    a fake track under the double majority. Particle 2: hits 10-14 on the y axis (70 ... 110 mm), a whole track
+    (id 2). Noise hit 15 beyond hit 9 (edge score 0.2), a one-hit particle 16 at 65 mm (edge 5-16 scoring 0.6,
+    below the true 5-6 at 0.9), and edge 5-12 scoring 0.95 to a hit already in track 2. Growing at cut 0.5 must
+    take hits 6-9 outwards and 0-1 inwards, and nothing else: then both particles are found and no track is
+    fake (hand count)."""
+    from apps.tracking.metrics import as_singletons, track_metrics
+
+    xyz = np.array([[10.0 * (i + 1), 0.0, 0.0] for i in range(10)] + [[0.0, 70.0 + 10 * i, 0.0] for i in range(5)]
+                   + [[110.0, 0.0, 0.0], [65.0, 2.0, 0.0]])
+    pid = np.array([1] * 10 + [2] * 5 + [0, 3])
+    labels = np.array([0, 0, 1, 1, 1, 1, 0, 0, 0, 0] + [2] * 5 + [0, 0])
+    pairs = [(i, i + 1) for i in range(9)] + [(10 + i, 11 + i) for i in range(4)] + [(9, 15), (5, 16), (5, 12)]
+    scores = np.array([0.9] * 9 + [0.9] * 4 + [0.2, 0.6, 0.95])
+    edges = np.array(pairs).T
+    before = track_metrics(as_singletons(labels, labels == 0), pid)
+    assert before["fake_rate"] == pytest.approx(0.5) and before["efficiency"] == pytest.approx(0.5)
+    out = extend_tracks(labels, xyz, edges, scores, 0.5)
+    assert out.tolist() == [1] * 10 + [2] * 5 + [0, 0]
+    after = track_metrics(as_singletons(out, out == 0), pid)
+    assert after["fake_rate"] == 0.0 and after["efficiency"] == 1.0
+    # edges in either direction of the list give the same tracks; a cut above every score changes nothing
+    assert extend_tracks(labels, xyz, edges[::-1], scores, 0.5).tolist() == out.tolist()
+    assert extend_tracks(labels, xyz, edges, scores, 0.96).tolist() == labels.tolist()
+    # the first track grows first: a free hit both tracks could take goes to track 1
+    lab2 = np.array([1, 1, 1, 1, 0, 2, 2, 2, 2, 0] + [0] * 7)
+    assert extend_tracks(lab2, xyz, edges, scores, 0.5)[4] == 1
+    with pytest.raises(InputError):
+        extend_tracks(labels, xyz, edges, scores[:-1], 0.5)
+
+
+GAP_RADII = (32.0, 72.0, 116.0, 172.0, 700.0, 760.0, 820.0, 900.0, 960.0, 1020.0)
+
+
+def test_road_gnn_growing_turns_a_track_stopped_at_a_gap_into_a_true_one() -> None:
+    """A particle whose layers skip 172 -> 700 mm (farther than max_gap 450 mm): road following finds its 4 inner
+    hits and stops (4 of 10 hits: a fake track), the outer 6 stay unassigned. With GNN scores 0.9 on its
+    consecutive pairs (and on a second, complete particle's) and extend_cut 0.5, road_gnn grows the track over
+    the gap: one true track per particle, fake rate 0; tune_hybrid chooses that cut on this event."""
+    from apps.tracking.metrics import as_singletons, track_metrics
+
+    gap = helix_hits(2.0, 0.4, 1, 0.3, radii=GAP_RADII)
+    other = helix_hits(1.0, 2.5, -1, -0.4, 10.0)
+    xyz = np.concatenate([gap, other])
+    pid = np.array([1] * len(gap) + [2] * len(other))
+    srf = np.concatenate([np.arange(len(gap)), 100 + np.arange(len(other))])
+    n = len(gap)
+    pairs = [(i, i + 1) for i in range(n - 1)] + [(n + i, n + i + 1) for i in range(len(other) - 1)]
+    edges, scores = np.array(pairs).T, np.full(len(pairs), 0.9)
+    cfg = RoadConfig(bfield=B)
+    plain = road_tracks(xyz, srf, cfg)
+    assert (plain[:4] > 0).all() and len(set(plain[:4].tolist())) == 1 and (plain[4:n] == 0).all()
+    assert track_metrics(as_singletons(plain, plain == 0), pid)["fake_rate"] == pytest.approx(0.5)
+    grown = hybrid_tracks(xyz, srf, cfg, edges, scores, gnn_cut=0.0, extend_cut=0.5)
+    assert same_partition(grown, pid)
+    assert track_metrics(as_singletons(grown, grown == 0), pid)["fake_rate"] == 0.0
+    w = np.full(len(pid), 1.0 / len(pid))
+    grid = {"gnn_cut": (0.0,), "track_cut": (0.0,), "extend_cut": (None, 0.5), "fill_cut": (None,),
+            "fill_min_hits": (4,), "fill_quality": (None,), "fill_cohesion": (None,)}
+    best, table = tune_hybrid([(xyz, srf, pid, w, edges, scores)], cfg, grid)
+    assert best["extend_cut"] == 0.5
+    rows = list(table.values())
+    assert rows[0]["fake_rate"] == pytest.approx(0.5) and rows[1]["fake_rate"] == 0.0
+    assert rows[0]["trackml_score"] == pytest.approx(len(other) / len(pid)) and rows[1]["trackml_score"] == 1.0
+    with pytest.raises(InputError):
+        tune_hybrid([(xyz, srf, pid, w, edges, scores)], cfg, grid, fake_margin=-0.1)

@@ -116,11 +116,11 @@ def test_tiny_run_report_resume_other_data_and_tour(tmp_path: Path, capsys) -> N
     for name in ("trackml_score", "efficiency", "fake_rate", "edge_efficiency", "edge_purity"):
         assert name in rows[("trackml-subset", "gnn_learned")]["metrics"]
     assert 0 <= rows[("trackml-subset", "gnn_learned")]["metrics"]["trackml_score"] <= 1
-    assert report["extra"]["method"] == "gnn_learned"  # the default builder
-    assert "learned clusterer" in report["extra"]["description"]
-    assert set(report["baselines"]) == {"dbscan", "gnn_cc", "gnn", "road", "road_gnn"}
-    assert set(report["extra"]["tuned"]["hybrid"]) == {"gnn_cut", "track_cut", "fill_cut", "fill_min_hits",
-                                                       "fill_quality", "fill_cohesion"}
+    assert report["extra"]["method"] == "road_gnn"  # the default builder
+    assert "road following" in report["extra"]["description"]
+    assert set(report["baselines"]) == {"dbscan", "gnn_cc", "gnn", "gnn_learned", "road"}
+    assert set(report["extra"]["tuned"]["hybrid"]) == {"gnn_cut", "track_cut", "extend_cut", "fill_cut",
+                                                       "fill_min_hits", "fill_quality", "fill_cohesion"}
     for p in report["plots"]:
         assert (run_dir / p).stat().st_size > 0
     assert (run_dir / "report.md").is_file() and (run_dir / "settings.json").is_file()
@@ -143,7 +143,7 @@ def test_tiny_run_report_resume_other_data_and_tour(tmp_path: Path, capsys) -> N
         del stored["settings"][key]
     (run_dir / "settings.json").write_text(json.dumps(stored))
     assert main(["fit", "--run-dir", str(run_dir), *TINY]) == 0
-    # --builder chain makes chaining the headline method; the learned clusterer becomes a baseline
+    # --builder chain makes chaining the headline method; road_gnn becomes a baseline
     assert main(["evaluate", "--run-dir", str(run_dir), *TINY, "--builder", "chain"]) == 0
     chain = json.loads((run_dir / "report.json").read_text())
     assert chain["extra"]["method"] == "gnn" and set(chain["baselines"]) == {"dbscan", "gnn_cc", "gnn_learned", "road",
@@ -170,7 +170,7 @@ def test_tiny_run_report_resume_other_data_and_tour(tmp_path: Path, capsys) -> N
     validate_rows("tracking", tour)
     assert [(r["dataset"], r["baseline_name"]) for r in tour] == [
         (d, METHOD_NAMES[b]) for d in ("sim-pu1", "trackml-subset") for b in ("dbscan", "road")]
-    assert tour[2]["value"] == rows[("trackml-subset", "gnn_learned")]["metrics"]["trackml_score"]
+    assert tour[2]["value"] == rows[("trackml-subset", "road_gnn")]["metrics"]["trackml_score"]
     assert tour[2]["baseline"] == rows[("trackml-subset", "dbscan")]["metrics"]["trackml_score"]
     assert tour[3]["baseline"] == rows[("trackml-subset", "road")]["metrics"]["trackml_score"]
     assert all(Path(p).is_file() for p in tour[0]["plots"]) and tour[0]["mode"] == "quick"
