@@ -117,6 +117,10 @@ class RegressionSettings(AppSettings):
     batch_size: int = option(256, help="training batch size per device", low=2)
     lr: float = option(1e-3, help="Adam learning rate (cosine decay)", low=0, low_open=True)
     weight_decay: float = option(1e-4, help="weight decay", low=0)
+    select_epoch: str = option("best_val", help="weights kept by the networks trained end to end: those of the "
+                               "epoch with the lowest validation MAE ('best_val'; the trees baseline likewise keeps "
+                               "the boosting rounds with the lowest validation MAE) or of the last epoch ('last'); "
+                               "SupReMix always keeps its last pre-training epoch", choices=("best_val", "last"))
 
     @classmethod
     def quick(cls) -> RegressionSettings:

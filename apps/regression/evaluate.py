@@ -8,8 +8,9 @@ metric names ``mae_*``, ``mse_*``, ``gm_*`` for ``all``, ``many``, ``medium``, `
 ``pearson``, ``spearman`` for sentence pairs). ``extra`` holds ``per_bin`` (test MAE per label bin of every
 method), ``bin_centers``, ``shots`` (thresholds, bin groups, test samples per group), ``val_metrics`` (the same
 metrics on the balanced validation split, for choosing hyper-parameters without looking at test) and ``fit``
-(epochs trained, seconds). Plots: ``per_bin_error.png``, ``label_histogram.png`` next to the report. Nothing is
-written before every model has loaded and every metric is computed.
+(epochs trained, the epoch whose weights were kept, seconds). Plots: ``per_bin_error.png``,
+``label_histogram.png`` next to the report. Nothing is written before every model has loaded and every metric is
+computed.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def evaluate(run: Run) -> None:
         results[m] = compute_metrics(preds, data)
         val_metrics[m] = _row(compute_metrics(model.predict(torch.from_numpy(data.x["val"])).numpy(), data, "val"))
         curves[m] = per_bin_error(preds, data.y["test"], data.bins["test"], data.n_bins)
-        fits[m] = {k: state.get(k) for k in ("epochs", "epochs_done", "fit_seconds")}
+        fits[m] = {k: state.get(k) for k in ("epochs", "epochs_done", "epoch_kept", "fit_seconds")}
     t0 = time.perf_counter()
     hgb = hgb_baseline(data, threads=torch.get_num_threads(), cache=run.run_dir.path / HGB_NAME / "predictions.pt")
     fits[HGB_NAME] = {"boosting_rounds": hgb["iterations"], "fit_seconds": time.perf_counter() - t0}

@@ -2,20 +2,29 @@
 interrupted run.
 
 A method's folder holds ``checkpoints/last.ckpt`` (Lightning, every epoch; ``fit`` continues from it; SupReMix:
-``pretrain/checkpoints/``), ``logs/`` (CSV) and, when training is done, ``model.pt`` (the final weights that
-``evaluate`` reads: a plain state dict with the method name and the epochs trained). The run directory's
+``pretrain/checkpoints/``), ``logs/`` (CSV) and, when training is done, ``model.pt`` (the weights that ``evaluate``
+reads: a plain state dict with the method name, the epochs trained and the epoch kept). The run directory's
 ``settings.json`` (written by the runner) refuses a re-run with other model settings.
+
+Epoch selection (``--select-epoch``): with ``best_val`` (the default) the networks trained end to end keep the
+weights of the epoch with the lowest validation MAE (:class:`BestValidation`; the earliest such epoch on a tie),
+as the trees baseline keeps the number of boosting rounds with the lowest validation MAE; with ``last`` they keep
+the final weights. SupReMix has no regression head while it pre-trains (its linear probe is fitted in closed form
+once, on the final encoder), so it always keeps its last epoch.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from apps.regression.config import RegressionSettings, Switches, switches
@@ -26,7 +35,43 @@ from core.app import Run, save_torch
 from core.app.hardware import barrier
 from core.training import default_callbacks, fit_with_resume, seed_everything
 
-__all__ = ["fit", "fit_method", "build_regressor", "sample_weights"]
+__all__ = ["fit", "fit_method", "build_regressor", "sample_weights", "BestValidation"]
+
+
+class BestValidation(Callback):
+    """Keeps a copy of the module's weights at the end of the validation epoch with the lowest ``monitor`` value
+    (strictly lower than every earlier one, so a tie keeps the earliest epoch).
+
+    ``best_epoch`` (0-based), ``best_score`` and ``best_state`` (CPU tensors) travel in Lightning checkpoints
+    (:meth:`state_dict`), so a resumed fit keeps the selection of the interrupted one. A non-finite score never
+    becomes the best.
+    """
+
+    def __init__(self, monitor: str = "val/mae") -> None:
+        self.monitor = monitor
+        self.best_epoch: int | None = None
+        self.best_score = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return f"BestValidation[{self.monitor}]"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        if math.isfinite(score) and score < self.best_score:
+            self.best_epoch, self.best_score = int(trainer.current_epoch), score
+            self.best_state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "best_epoch": self.best_epoch, "best_score": self.best_score,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_epoch, self.best_score = state_dict["best_epoch"], float(state_dict["best_score"])
+        self.best_state = state_dict["best_state"]
 
 
 def sample_weights(s: RegressionSettings, sw: Switches, data: DIRData) -> np.ndarray:
@@ -101,14 +146,20 @@ def fit_method(s: RegressionSettings, method: str, data: DIRData, out: Path) -> 
             with torch.no_grad():
                 model.regressor.weight.copy_(torch.from_numpy(a[None, :]).float())
                 model.regressor.bias.fill_(c)
+            kept = done = min(int(trainer.current_epoch), epochs)
         else:
             epochs = s.epochs
             val = _loader(data.x["val"], data.y["val"], np.ones(len(data.y["val"])), data.bins["val"], 4096, False)
-            trainer = fit_with_resume(_trainer_kwargs(s, out, epochs), model, (_loader(*tr, s.batch_size, True), val),
-                                      out)
-    done = min(int(trainer.current_epoch), epochs)
+            kw = _trainer_kwargs(s, out, epochs)
+            best = BestValidation("val/mae")
+            kw["callbacks"].append(best)
+            trainer = fit_with_resume(kw, model, (_loader(*tr, s.batch_size, True), val), out)
+            kept = done = min(int(trainer.current_epoch), epochs)
+            if s.select_epoch == "best_val" and best.best_state is not None:
+                model.load_state_dict(best.best_state)
+                kept = best.best_epoch + 1
     state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "method": method,
-             "seed": int(s.seed), "epochs": int(epochs), "epochs_done": done,
+             "seed": int(s.seed), "epochs": int(epochs), "epochs_done": done, "epoch_kept": int(kept),
              "fit_seconds": float(time.perf_counter() - t0)}
     save_torch(out / "model.pt", state)
     return state
