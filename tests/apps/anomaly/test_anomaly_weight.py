@@ -14,21 +14,7 @@ from apps.anomaly.config import AnomalySettings
 from apps.anomaly.evaluate import COPIES, WEIGHT_GRID, choose_msc_weight, synthetic_anomalies, zscore_knn_sum
 from apps.anomaly.train import holdout_split
 from core.app import InputError
-
-TINY = ["--width", "4", "--feature-dim", "8", "--projection-dim", "8", "--hidden-dims", "16",
-        "--pretrain-epochs", "1", "--epochs", "1", "--compact-epochs", "1", "--batch-size", "16",
-        "--pretrain-batch-size", "32", "--no-progress", "--threads", "1"]
-
-
-def separable_table(path: Path, n: int = 160, d: int = 6, seed: int = 0) -> Path:
-    """Normals around 0, anomalies shifted by +4 in every feature."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d))
-    y = np.zeros(n, dtype=int)
-    y[-20:] = 1
-    x[y == 1] += 4.0
-    np.savez(path, X=x, y=y)
-    return path
+from tests.apps.anomaly.test_anomaly_cli import TINY, separable_table
 
 
 def _naive_knn(q: np.ndarray, bank: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
