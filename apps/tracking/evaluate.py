@@ -72,7 +72,7 @@ EVAL_SEED = 2_000_000
 PT_BINS = np.array([0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0])
 METHOD_NAMES = {"gnn": "GNN + chaining", "gnn_cc": "GNN + cut/CC", "gnn_learned": "GNN + learned clusterer",
                 "dbscan": "DBSCAN (helix coords)", "road": "road following (triplet seeds + helix roads)",
-                "road_gnn": "road following steered by GNN edge scores"}
+                "road_gnn": "road following grown and completed along GNN edges"}
 BUILDER_METHOD = {"chain": "gnn", "cc": "gnn_cc", "learned": "gnn_learned", "road_gnn": "road_gnn"}
 
 
@@ -252,15 +252,17 @@ def _eff_pt_plot(results: dict, path: Path) -> None:
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("track efficiency (double majority)")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    # one legend under the panels: inside the first panel it hid its low-efficiency curves
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     save_figure(fig, path)
 
 
 def _score_plot(metrics: dict, path: Path) -> None:
     names = list(metrics)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 3.8))
+    fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 4.4))
     methods = [m for m in METHOD_NAMES if m in metrics[names[0]]]
     w = 0.8 / len(methods)
     for i, m in enumerate(methods):
@@ -269,7 +271,8 @@ def _score_plot(metrics: dict, path: Path) -> None:
     ax.set_xticks(x, names)
     ax.set_ylabel("TrackML score")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    # below the axes: inside, it hides the bars of the middle data sets
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
