@@ -36,7 +36,7 @@ def tour_rows(report: dict, folder: Path, quick: bool, seconds: float) -> list[d
         for base in ("dbscan", "road"):
             if base not in per:
                 continue
-            rows.append({"app": "tracking (GNN)", "dataset": name, "metric": "TrackML score",
+            rows.append({"app": f"tracking ({head})", "dataset": name, "metric": "TrackML score",
                          "value": per[head]["trackml_score"], "baseline": per[base]["trackml_score"],
                          "baseline_name": METHOD_NAMES[base], "higher_is_better": True,
                          "mode": "quick" if quick else "full", "full_mode_ref": "docs/apps/tracking.md",
