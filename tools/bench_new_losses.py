@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import core.losses as L  # noqa: E402
+from tools._bench_worker import _rss_bytes, _vm_bytes  # noqa: E402
 
 TILE = (1024, 4096)
 VIEWS = 3  # views per sample of the multi-view objectives
@@ -276,16 +277,6 @@ def speed(case: str, B: int, D: int, reps: int, warmup: int) -> dict:
     mo, mn = statistics.median(t_o), statistics.median(t_n)
     return {"case": case, "B": B, "D": D, "reps": reps, "ours_s": mo, "naive_s": mn, "ratio": mo / mn,
             "loss_ours": v_o, "loss_naive": v_n, "abs_diff": abs(v_o - v_n)}
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _vm_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def worker(case: str, B: int, D: int, tiled: bool, cap_gib: float) -> dict:

@@ -44,10 +44,14 @@ from core.losses._checks import check_embeddings, check_pair
 __all__ = ["TemperatureNet", "PerSampleTemperature", "alignment_temperature"]
 
 
-def _check_bounds(tau_min: float, tau_max: float, init: float) -> None:
-    for name, v in (("tau_min", tau_min), ("tau_max", tau_max), ("init", init)):
+def _check_finite(**values: float) -> None:
+    for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"{name} must be a finite number, got {v!r}")
+
+
+def _check_bounds(tau_min: float, tau_max: float, init: float) -> None:
+    _check_finite(tau_min=tau_min, tau_max=tau_max, init=init)
     if not 0 < tau_min < tau_max:
         raise ValueError(f"need 0 < tau_min < tau_max, got tau_min={tau_min}, tau_max={tau_max}")
     if not tau_min < init < tau_max:
@@ -136,9 +140,7 @@ def alignment_temperature(query: Tensor, key: Tensor, *, tau0: float = 0.1, alph
     from core.negatives.mode import resolve_gather, world_size
 
     check_pair("query", query, "key", key)
-    for name, v in (("tau0", tau0), ("alpha", alpha), ("a0", a0)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    _check_finite(tau0=tau0, alpha=alpha, a0=a0)
     if tau0 <= 0:
         raise ValueError(f"tau0 must be > 0, got {tau0}")
     if not 0 <= alpha <= 1:
